@@ -1,0 +1,1 @@
+"""A local emulated cluster: an OpenAI-compatible frontend with emulated GPU workers."""

@@ -1,0 +1,62 @@
+"""The `planlab` command line: one module per subcommand under planlab.commands.
+
+Bad input (planner.errors.ConfigError) prints one line and exits 2; a failed run exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from planner.errors import ConfigError
+
+# One line per subcommand; each module defines register(subparsers) setting `func`.
+COMMANDS = ("decide",)
+
+EPILOG = """examples:
+  planlab run scenarios/quickstart.yaml
+  planlab decide --num-req 600 --isl 3000 --osl 150 --interval 60 --ttft 200 --itl 10
+  planlab compare scenarios/quickstart.yaml --policies dynamo,slaplan
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on bad usage already; keep its one-line message."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="planlab",
+        description="SLA-driven autoscaling testbed for disaggregated LLM serving.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMANDS:
+        importlib.import_module(f"planlab.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"planlab: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("planlab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

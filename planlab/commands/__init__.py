@@ -1,0 +1,1 @@
+"""One module per `planlab` subcommand; each defines register(subparsers)."""

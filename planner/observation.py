@@ -1,0 +1,179 @@
+"""Window statistics from the frontend metrics, and the per-interval Observation the
+policies read; one builder serves the simulator and the live Prometheus reader alike."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class HistogramDelta:
+    """Increase of one Prometheus histogram over a window.
+
+    `upper_bounds` are the finite `le` bounds in increasing order; `cumulative` holds the
+    increase of each `le` bucket (cumulative, as Prometheus stores them) followed by the
+    `+Inf` bucket, so len(cumulative) == len(upper_bounds) + 1.
+    """
+
+    upper_bounds: tuple[float, ...]
+    cumulative: tuple[float, ...]
+    sum: float
+    count: float
+
+    @property
+    def mean(self) -> float | None:
+        if not self.count > 0 or not math.isfinite(self.sum):
+            return None
+        return self.sum / self.count
+
+    def quantile(self, q: float) -> float | None:
+        return histogram_quantile(q, self.upper_bounds, self.cumulative)
+
+
+def histogram_quantile(
+    q: float, upper_bounds: tuple[float, ...], cumulative: tuple[float, ...]
+) -> float | None:
+    """The q-quantile the way Prometheus' `histogram_quantile` computes it.
+
+    Linear interpolation inside the bucket holding rank q*count; the lowest bucket
+    starts at 0 (all our metrics are non-negative); a rank in the +Inf bucket returns
+    the highest finite bound. None when the histogram is empty or not finite.
+    """
+    if len(cumulative) != len(upper_bounds) + 1:
+        raise ValueError("cumulative needs one entry per finite bound plus +Inf")
+    total = cumulative[-1]
+    if not total > 0 or not math.isfinite(total):
+        return None
+    if q <= 0:
+        return 0.0
+    if q >= 1:
+        return float(upper_bounds[-1]) if upper_bounds else None
+    rank = q * total
+    # Prometheus repairs small non-monotonicities from scrape timing by taking a running max.
+    prev_count = 0.0
+    prev_bound = 0.0
+    running = 0.0
+    for bound, count in zip(upper_bounds, cumulative[:-1], strict=True):
+        running = max(running, count)
+        if running >= rank:
+            in_bucket = running - prev_count
+            if in_bucket <= 0:
+                return float(bound)
+            return prev_bound + (bound - prev_bound) * (rank - prev_count) / in_bucket
+        prev_count, prev_bound = running, bound
+    return float(upper_bounds[-1]) if upper_bounds else None
+
+
+@dataclass(frozen=True)
+class WindowStats:
+    """What a MetricsSource returns for the window (t_s - window_s, t_s].
+
+    Each field is None when the source could not get it (Prometheus down, empty
+    result, NaN, stale target); `errors` says why in words.
+    """
+
+    t_s: float
+    window_s: float
+    requests: float | None
+    ttft_s: HistogramDelta | None
+    itl_s: HistogramDelta | None
+    duration_s: HistogramDelta | None
+    isl_tokens: HistogramDelta | None
+    osl_tokens: HistogramDelta | None
+    inflight: float | None = None
+    queued: float | None = None
+    errors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One adjustment interval as the policies see it. Times in the units their names say.
+
+    A field is None when it could not be measured; `missing` lists those that a policy
+    needs (for example "ttft" when requests arrived but no TTFT was recorded).
+    """
+
+    t_s: float
+    interval_s: float
+    num_req: float | None
+    request_rate: float | None
+    isl_mean: float | None
+    osl_mean: float | None
+    ttft_mean_ms: float | None
+    ttft_p50_ms: float | None
+    ttft_p90_ms: float | None
+    ttft_p99_ms: float | None
+    itl_mean_ms: float | None
+    itl_p50_ms: float | None
+    itl_p90_ms: float | None
+    itl_p99_ms: float | None
+    request_duration_mean_s: float | None
+    inflight: float | None = None
+    queued: float | None = None
+    missing: tuple[str, ...] = field(default_factory=tuple)
+    errors: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def idle(self) -> bool:
+        """True when the interval was measured and saw no requests."""
+        return self.num_req is not None and self.num_req <= 0
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def _ms(x: float | None) -> float | None:
+    return None if x is None else x * 1000.0
+
+
+def build_observation(stats: WindowStats) -> Observation:
+    """The Observation for one window; the same function in the sim and live."""
+    num_req = _finite(stats.requests)
+    if num_req is not None:
+        num_req = max(0.0, num_req)
+
+    def mean(h: HistogramDelta | None) -> float | None:
+        return None if h is None else _finite(h.mean)
+
+    def quant(h: HistogramDelta | None, q: float) -> float | None:
+        return None if h is None else _finite(h.quantile(q))
+
+    obs = dict(
+        t_s=stats.t_s,
+        interval_s=stats.window_s,
+        num_req=num_req,
+        request_rate=None if num_req is None else num_req / stats.window_s,
+        isl_mean=mean(stats.isl_tokens),
+        osl_mean=mean(stats.osl_tokens),
+        ttft_mean_ms=_ms(mean(stats.ttft_s)),
+        ttft_p50_ms=_ms(quant(stats.ttft_s, 0.50)),
+        ttft_p90_ms=_ms(quant(stats.ttft_s, 0.90)),
+        ttft_p99_ms=_ms(quant(stats.ttft_s, 0.99)),
+        itl_mean_ms=_ms(mean(stats.itl_s)),
+        itl_p50_ms=_ms(quant(stats.itl_s, 0.50)),
+        itl_p90_ms=_ms(quant(stats.itl_s, 0.90)),
+        itl_p99_ms=_ms(quant(stats.itl_s, 0.99)),
+        request_duration_mean_s=mean(stats.duration_s),
+        inflight=_finite(stats.inflight),
+        queued=_finite(stats.queued),
+    )
+    missing: list[str] = []
+    if num_req is None:
+        missing.append("num_req")
+    elif num_req > 0:
+        # Requests arrived: every per-request statistic should be there.
+        for key, name in (
+            ("isl_mean", "isl"),
+            ("osl_mean", "osl"),
+            ("ttft_mean_ms", "ttft"),
+            ("itl_mean_ms", "itl"),
+            ("request_duration_mean_s", "request_duration"),
+        ):
+            if obs[key] is None:
+                missing.append(name)
+    return Observation(**obs, missing=tuple(missing), errors=tuple(stats.errors))

@@ -1,0 +1,90 @@
+"""The Policy interface, the policy registry, and the clamps every policy shares
+(minimum replicas, maximum replicas, GPU budget)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from planner.errors import ConfigError
+from planner.observation import Observation
+from planner.types import Decision, PlannerConfig, ReplicaState
+
+if TYPE_CHECKING:
+    from planner.profile import PerfProfile
+
+
+class Policy(Protocol):
+    name: str
+
+    def decide(self, obs: Observation, state: ReplicaState, now_s: float) -> Decision:
+        """The target replicas for the next interval. Deterministic given the inputs
+        and the policy's own history (predictor state, past decisions)."""
+        ...
+
+
+PolicyFactory = Callable[..., Policy]
+POLICIES: dict[str, PolicyFactory] = {}
+
+
+def register(name: str) -> Callable[[PolicyFactory], PolicyFactory]:
+    def deco(factory: PolicyFactory) -> PolicyFactory:
+        POLICIES[name] = factory
+        return factory
+
+    return deco
+
+
+def make_policy(cfg: PlannerConfig, profile: PerfProfile, **extra: Any) -> Policy:
+    """Build the policy cfg.policy names. `extra` carries what only some policies take
+    (the oracle's future workload)."""
+    import planner.policies.all  # noqa: F401  (fills the registry)
+
+    if cfg.policy not in POLICIES:
+        raise ConfigError(
+            f"unknown policy {cfg.policy!r}; expected one of {', '.join(sorted(POLICIES))}",
+            key="planner.policy",
+        )
+    return POLICIES[cfg.policy](cfg, profile, **extra)
+
+
+def validate_budget(cfg: PlannerConfig) -> None:
+    """A budget that cannot hold the minimum of both roles is a config error, not 0 replicas."""
+    if cfg.max_gpu_budget is None:
+        return
+    floor_gpus = cfg.min_replicas * (cfg.gpus_per_prefill + cfg.gpus_per_decode)
+    if cfg.max_gpu_budget < floor_gpus:
+        raise ConfigError(
+            f"max_gpu_budget {cfg.max_gpu_budget} is below the {floor_gpus} GPUs that "
+            f"min_replicas={cfg.min_replicas} prefill ({cfg.gpus_per_prefill} GPU each) and "
+            f"decode ({cfg.gpus_per_decode} GPU each) need; expected at least {floor_gpus}",
+            key="planner.max_gpu_budget",
+        )
+
+
+def clamp_min_max(p: int, d: int, cfg: PlannerConfig) -> tuple[int, int]:
+    p, d = max(cfg.min_replicas, p), max(cfg.min_replicas, d)
+    if cfg.max_replicas is not None:
+        p, d = min(p, cfg.max_replicas), min(d, cfg.max_replicas)
+    return p, d
+
+
+def apply_budget(p: int, d: int, cfg: PlannerConfig) -> tuple[int, int, str | None]:
+    """Dynamo's budget rule: scale both roles by B/total, prefill first, decode takes the rest.
+
+    Returns (prefill, decode, note) where note is None when the budget did not bind.
+    """
+    budget = cfg.max_gpu_budget
+    gp, gd, lo = cfg.gpus_per_prefill, cfg.gpus_per_decode, cfg.min_replicas
+    total = p * gp + d * gd
+    if budget is None or total <= budget:
+        return p, d, None
+    s = budget / total
+    new_p = max(lo, min((budget - lo * gd) // gp, math.floor(p * s)))
+    new_d = max(lo, (budget - new_p * gp) // gd)
+    note = (
+        f"GPU budget {budget} < {total} wanted ({p}P x{gp} + {d}D x{gd}): "
+        f"scale {s:.3f} -> {new_p}P + {new_d}D"
+    )
+    return int(new_p), int(new_d), note
