@@ -1,0 +1,140 @@
+"""`planlab decide`: what a policy would do for one observed interval, with its arithmetic."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from planner.errors import ConfigError
+from planner.observation import Observation
+from planner.policies.base import make_policy
+from planner.types import DecisionRecord, PlannerConfig, ReplicaState, RoleState
+
+EXAMPLES = """examples:
+  # Dynamo's own e2e expectation on the shared H200 profile: 20 req/s -> 2 prefill + 1 decode
+  planlab decide --profile ../shared/profiles/h200-llama3.1-8b-fp8-tp1 \\
+      --num-req 1200 --isl 3000 --osl 150 --interval 60 --ttft 200 --itl 10
+  # the embedded analytic profile (llama-3.1-8b, h200, fp8, tp1), JSON decision record
+  planlab decide --num-req 600 --isl 3000 --osl 150 --interval 60 --json
+  # with correction from observed latencies and a GPU budget
+  planlab decide --num-req 1200 --isl 3000 --osl 150 --interval 60 --observed-ttft 350 \\
+      --observed-itl 12 --request-duration 3 --decode-replicas 2 --budget 4
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "decide",
+        help="what a policy would do for one observed interval",
+        description="Print the decision a policy takes for one observed interval, each formula "
+        "with its numbers. Defaults are Dynamo's: interval 180 s, TTFT 500 ms, ITL 50 ms, "
+        "min 1 replica, 1 GPU per engine, no budget.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--profile", metavar="DIR", help="a profile directory (Dynamo or planlab format)")
+    src.add_argument("--analytic", metavar="MODEL", help="analytic profile model (default llama-3.1-8b)")
+    p.add_argument("--gpu", default="h200", help="GPU for --analytic (default h200)")
+    p.add_argument("--dtype", default="fp8", help="dtype for --analytic (default fp8)")
+    p.add_argument("--tp", type=int, default=1, help="tensor parallel degree for --analytic")
+    p.add_argument("--num-req", type=float, required=True, help="requests observed in the interval")
+    p.add_argument("--isl", type=float, required=True, help="mean input length (tokens)")
+    p.add_argument("--osl", type=float, required=True, help="mean output length (tokens)")
+    p.add_argument("--interval", type=float, default=180.0, help="adjustment interval, s (180)")
+    p.add_argument("--ttft", type=float, default=500.0, help="TTFT target, ms (500)")
+    p.add_argument("--itl", type=float, default=50.0, help="ITL target, ms (50)")
+    p.add_argument("--policy", default="dynamo", help="policy name (dynamo)")
+    p.add_argument("--budget", type=int, default=None, help="max GPU budget (none)")
+    p.add_argument("--min-replicas", type=int, default=1)
+    p.add_argument("--gpus-per-prefill", type=int, default=1)
+    p.add_argument("--gpus-per-decode", type=int, default=1)
+    p.add_argument("--observed-ttft", type=float, help="observed mean TTFT, ms (turns correction on)")
+    p.add_argument("--observed-itl", type=float, help="observed mean ITL, ms (turns correction on)")
+    p.add_argument("--request-duration", type=float, help="observed mean request duration, s")
+    p.add_argument("--prefill-replicas", type=int, default=1, help="current ready prefill replicas")
+    p.add_argument("--decode-replicas", type=int, default=1, help="current ready decode replicas")
+    p.add_argument("--json", action="store_true", help="print the DecisionRecord as JSON")
+    p.set_defaults(func=run)
+
+
+def _positive(name: str, value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise ConfigError(f"got {value:g}, expected a number > 0", key=f"--{name}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from planlab.profiles import load_profile
+    from planner.analytic import analytic_profile
+
+    for name in ("isl", "osl", "interval", "ttft", "itl", "observed-ttft", "observed-itl",
+                 "request-duration"):
+        _positive(name, getattr(args, name.replace("-", "_")))
+    if args.num_req < 0:
+        raise ConfigError(f"got {args.num_req:g}, expected a count >= 0", key="--num-req")
+    if args.profile:
+        profile = load_profile(args.profile)
+    else:
+        profile = analytic_profile(args.analytic or "llama-3.1-8b", args.gpu, args.dtype, args.tp)
+
+    correction = args.observed_ttft is not None and args.observed_itl is not None
+    if (args.observed_ttft is None) != (args.observed_itl is None):
+        raise ConfigError("give both --observed-ttft and --observed-itl, or neither",
+                          key="--observed-ttft")
+    cfg = PlannerConfig(
+        policy=args.policy,
+        interval_s=args.interval,
+        ttft_ms=args.ttft,
+        itl_ms=args.itl,
+        predictor="constant",
+        max_gpu_budget=args.budget,
+        min_replicas=args.min_replicas,
+        gpus_per_prefill=args.gpus_per_prefill,
+        gpus_per_decode=args.gpus_per_decode,
+        correction=correction,
+    )
+    policy = make_policy(cfg, profile)
+    duration = args.request_duration
+    if duration is None:
+        duration = args.osl * args.itl / 1000.0  # what the ITL target implies
+    obs = Observation(
+        t_s=args.interval,
+        interval_s=args.interval,
+        num_req=args.num_req,
+        request_rate=args.num_req / args.interval,
+        isl_mean=args.isl,
+        osl_mean=args.osl,
+        ttft_mean_ms=args.observed_ttft if correction else float(profile.prefill_ttft_ms_at(args.isl)),
+        ttft_p50_ms=None,
+        ttft_p90_ms=None,
+        ttft_p99_ms=None,
+        itl_mean_ms=args.observed_itl if correction else args.itl,
+        itl_p50_ms=None,
+        itl_p90_ms=None,
+        itl_p99_ms=None,
+        request_duration_mean_s=duration,
+    )
+    state = ReplicaState(
+        prefill=RoleState(desired=args.prefill_replicas, ready=args.prefill_replicas),
+        decode=RoleState(desired=args.decode_replicas, ready=args.decode_replicas),
+    )
+    decision = policy.decide(obs, state, obs.t_s)
+    record = DecisionRecord(
+        t_s=obs.t_s, policy=cfg.policy, observation=obs, decision=decision,
+        current=state, applied=False, note="planlab decide: advisory, nothing scaled",
+    )
+    if args.json:
+        print(json.dumps(record.to_dict(), indent=2))
+        return 0
+    print(f"profile: {profile.name} ({profile.source})")
+    print(f"policy:  {cfg.policy}   interval {cfg.interval_s:g} s   SLA TTFT {cfg.ttft_ms:g} ms, "
+          f"ITL {cfg.itl_ms:g} ms")
+    for line in decision.arithmetic:
+        print(f"  {line}")
+    print(f"decision: {decision.prefill} prefill + {decision.decode} decode "
+          f"({cfg.gpus(decision.prefill, decision.decode)} GPUs) [{decision.rule}]")
+    print(f"reason:   {decision.reason}")
+    if decision.expected_ttft_ms is not None:
+        print(f"expected: TTFT {decision.expected_ttft_ms:.1f} ms (no queueing), "
+              f"ITL {decision.expected_itl_ms:.2f} ms")
+    return 0
