@@ -33,8 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--profile", metavar="DIR", help="a profile directory (Dynamo or planlab format)")
-    src.add_argument("--analytic", metavar="MODEL", help="analytic profile model (default llama-3.1-8b)")
+    src.add_argument(
+        "--profile", metavar="DIR", help="a profile directory (Dynamo or planlab format)"
+    )
+    src.add_argument(
+        "--analytic", metavar="MODEL", help="analytic profile model (default llama-3.1-8b)"
+    )
     p.add_argument("--gpu", default="h200", help="GPU for --analytic (default h200)")
     p.add_argument("--dtype", default="fp8", help="dtype for --analytic (default fp8)")
     p.add_argument("--tp", type=int, default=1, help="tensor parallel degree for --analytic")
@@ -49,7 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-replicas", type=int, default=1)
     p.add_argument("--gpus-per-prefill", type=int, default=1)
     p.add_argument("--gpus-per-decode", type=int, default=1)
-    p.add_argument("--observed-ttft", type=float, help="observed mean TTFT, ms (turns correction on)")
+    p.add_argument(
+        "--observed-ttft", type=float, help="observed mean TTFT, ms (turns correction on)"
+    )
     p.add_argument("--observed-itl", type=float, help="observed mean ITL, ms (turns correction on)")
     p.add_argument("--request-duration", type=float, help="observed mean request duration, s")
     p.add_argument("--prefill-replicas", type=int, default=1, help="current ready prefill replicas")
@@ -67,8 +73,16 @@ def run(args: argparse.Namespace) -> int:
     from planlab.profiles import load_profile
     from planner.analytic import analytic_profile
 
-    for name in ("isl", "osl", "interval", "ttft", "itl", "observed-ttft", "observed-itl",
-                 "request-duration"):
+    for name in (
+        "isl",
+        "osl",
+        "interval",
+        "ttft",
+        "itl",
+        "observed-ttft",
+        "observed-itl",
+        "request-duration",
+    ):
         _positive(name, getattr(args, name.replace("-", "_")))
     if args.num_req < 0:
         raise ConfigError(f"got {args.num_req:g}, expected a count >= 0", key="--num-req")
@@ -79,8 +93,9 @@ def run(args: argparse.Namespace) -> int:
 
     correction = args.observed_ttft is not None and args.observed_itl is not None
     if (args.observed_ttft is None) != (args.observed_itl is None):
-        raise ConfigError("give both --observed-ttft and --observed-itl, or neither",
-                          key="--observed-ttft")
+        raise ConfigError(
+            "give both --observed-ttft and --observed-itl, or neither", key="--observed-ttft"
+        )
     cfg = PlannerConfig(
         policy=args.policy,
         interval_s=args.interval,
@@ -104,7 +119,9 @@ def run(args: argparse.Namespace) -> int:
         request_rate=args.num_req / args.interval,
         isl_mean=args.isl,
         osl_mean=args.osl,
-        ttft_mean_ms=args.observed_ttft if correction else float(profile.prefill_ttft_ms_at(args.isl)),
+        ttft_mean_ms=args.observed_ttft
+        if correction
+        else float(profile.prefill_ttft_ms_at(args.isl)),
         ttft_p50_ms=None,
         ttft_p90_ms=None,
         ttft_p99_ms=None,
@@ -120,21 +137,32 @@ def run(args: argparse.Namespace) -> int:
     )
     decision = policy.decide(obs, state, obs.t_s)
     record = DecisionRecord(
-        t_s=obs.t_s, policy=cfg.policy, observation=obs, decision=decision,
-        current=state, applied=False, note="planlab decide: advisory, nothing scaled",
+        t_s=obs.t_s,
+        policy=cfg.policy,
+        observation=obs,
+        decision=decision,
+        current=state,
+        applied=False,
+        note="planlab decide: advisory, nothing scaled",
     )
     if args.json:
         print(json.dumps(record.to_dict(), indent=2))
         return 0
     print(f"profile: {profile.name} ({profile.source})")
-    print(f"policy:  {cfg.policy}   interval {cfg.interval_s:g} s   SLA TTFT {cfg.ttft_ms:g} ms, "
-          f"ITL {cfg.itl_ms:g} ms")
+    print(
+        f"policy:  {cfg.policy}   interval {cfg.interval_s:g} s   SLA TTFT {cfg.ttft_ms:g} ms, "
+        f"ITL {cfg.itl_ms:g} ms"
+    )
     for line in decision.arithmetic:
         print(f"  {line}")
-    print(f"decision: {decision.prefill} prefill + {decision.decode} decode "
-          f"({cfg.gpus(decision.prefill, decision.decode)} GPUs) [{decision.rule}]")
+    print(
+        f"decision: {decision.prefill} prefill + {decision.decode} decode "
+        f"({cfg.gpus(decision.prefill, decision.decode)} GPUs) [{decision.rule}]"
+    )
     print(f"reason:   {decision.reason}")
     if decision.expected_ttft_ms is not None:
-        print(f"expected: TTFT {decision.expected_ttft_ms:.1f} ms (no queueing), "
-              f"ITL {decision.expected_itl_ms:.2f} ms")
+        print(
+            f"expected: TTFT {decision.expected_ttft_ms:.1f} ms (no queueing), "
+            f"ITL {decision.expected_itl_ms:.2f} ms"
+        )
     return 0
