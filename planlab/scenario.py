@@ -312,9 +312,11 @@ SHAPE_KEYS: dict[str, tuple[str, ...]] = {
     "spike": ("base", "peak", "at", "duration"),
 }
 
-_DURATION_RE = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_NUMBER = r"(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_DURATION_RE = re.compile(rf"^\s*([-+]?)((?:{_NUMBER}\s*(?:ms|s|m|h|d)\s*)+|{_NUMBER}\s*)$")
+_PART_RE = re.compile(rf"({_NUMBER})\s*(ms|s|m|h|d)?")
 _UNIT_S = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-_DURATION_HINT = "a duration like 90s, 5m, 2h, 1.5h, 250ms or a number of seconds"
+_DURATION_HINT = "duration like 90s, 5m, 2h, 1.5h, 1h30m, 250ms or a number of seconds"
 
 
 def _show(value: Any) -> str:
@@ -332,7 +334,7 @@ def _is_number(value: Any) -> bool:
 
 
 def parse_duration(value: Any, key: str, source: str, *, positive: bool = False) -> float:
-    """Seconds from `90s`, `5m`, `2h`, `1.5h`, `250ms`, `1d` or a plain number (seconds).
+    """Seconds from `90s`, `5m`, `2h`, `1.5h`, `1h30m`, `250ms`, `1d` or a plain number.
 
     Negative values are always rejected; zero too when `positive`.
     """
@@ -340,7 +342,8 @@ def parse_duration(value: Any, key: str, source: str, *, positive: bool = False)
     if _is_number(value):
         seconds = float(value)
     elif isinstance(value, str) and (m := _DURATION_RE.match(value)):
-        seconds = float(m.group(1)) * _UNIT_S[m.group(2)]
+        seconds = sum(float(n) * _UNIT_S[u or None] for n, u in _PART_RE.findall(m.group(2)))
+        seconds = -seconds if m.group(1) == "-" else seconds
     else:
         raise _fail(source, key, value, expected)
     if not math.isfinite(seconds) or seconds < 0 or (positive and seconds == 0):
