@@ -1,0 +1,412 @@
+"""`slaplan`: plans for the SLA as users state it ("99% of requests with TTFT <= X and
+ITL <= Y"), not for averages.
+
+Per tick and role:
+1. Forecast the request rate at every interval up to one startup time ahead (the startup
+   the connector measured, else the configured one), plus headroom from the predictor's own
+   upper quantile; capacity asked for now only serves after that startup.
+2. Size prefill from a queueing model of the TTFT tail: each replica an M/G/1 queue with
+   service time E[S] = ISL / tokens-per-s (profile), exponential waiting tail
+   P(W > t) ~ rho * exp(-t / E[W | W > 0]), E[W | W > 0] = E[S] (1 + cs^2) / (2 (1 - rho))
+   (Pollaczek-Khinchine mean; Kingman's heavy-traffic tail). TTFT = W + prefill time at
+   the ISL + KV transfer; the fewest replicas whose tail miss is within budget.
+3. Size decode from the ITL the profile gives at the KV usage and context the load implies:
+   in-flight requests per replica ~ Poisson(lambda * OSL * ITL / D) (M/G/inf per replica);
+   the fewest replicas whose concurrency quantile stays within the batch that still meets
+   the ITL target at context ISL + OSL/2.
+4. Correct both models from observed vs expected latency (ratio smoothed by an EMA and
+   bounded both ways, so capacity can go up as well as down).
+5. Stabilize: scale up at once within a step cap; scale down only to the highest
+   recommendation of a window, not before a minimum lifetime since the last scale-up.
+6. Share a binding GPU budget by giving each next GPU to the role where it cuts the
+   expected SLA misses most.
+Missing metrics hold; an idle service decays to the minimum after a grace period;
+replicas starting past a timeout are counted missing and replaced. Each record says
+which rule applied.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from statistics import NormalDist
+
+from planner.observation import Observation
+from planner.policies.base import apply_budget, clamp_min_max, register, validate_budget
+from planner.predictors import make_predictor
+from planner.profile import PerfProfile
+from planner.types import Decision, PlannerConfig, ReplicaState
+
+DEFAULTS: dict[str, float] = {
+    "headroom_quantile": 0.9,  # upper quantile of the load forecast to plan for
+    "ttft_miss_share": 0.5,  # share of the SLA miss budget given to the TTFT tail
+    "service_cv2": 1.0,  # squared CV of prefill service times (ISL spread); 1 = M/M/1
+    "decode_z": 1.28,  # concurrency quantile (z-score) a decode replica must absorb
+    "correction_alpha": 0.5,  # EMA weight of a new correction ratio
+    "correction_min": 0.7,
+    "correction_max": 2.0,
+    "correction_min_requests": 30,  # fewer requests in the window: no update
+    "scale_down_window_s": 180.0,
+    "min_lifetime_s": 0.0,  # no scale-down this soon after a scale-up (0: one interval)
+    "max_step_up_fraction": 1.0,  # per tick: + max(2, 100% of current)
+    "max_step_down_fraction": 0.5,  # per tick: - max(1, 50% of current)
+    "idle_grace_s": 300.0,
+    "max_rho": 0.95,  # never plan a replica above this utilisation
+    "kv_transfer_ms": 0.0,  # added to TTFT (the sim sets it from the model's KV bytes)
+}
+
+
+def _poisson_quantile_normal(mean: float, z: float) -> float:
+    """Normal approximation of a Poisson quantile (continuity-corrected)."""
+    return mean + z * math.sqrt(max(mean, 0.0)) + 0.5 if mean > 0 else 0.0
+
+
+@register("slaplan")
+class SlaPlanPolicy:
+    name = "slaplan"
+
+    def __init__(self, cfg: PlannerConfig, profile: PerfProfile, **_):
+        validate_budget(cfg)
+        self.cfg = cfg
+        self.profile = profile
+        self.opt = {k: float(cfg.option(k, v)) for k, v in DEFAULTS.items()}
+        opts = dict(cfg.predictor_options)
+        self.num_req_pred = make_predictor(cfg.predictor, **opts)
+        self.isl_pred = make_predictor(cfg.predictor, **opts)
+        self.osl_pred = make_predictor(cfg.predictor, **opts)
+        miss = max(1e-4, 1.0 - cfg.target_attainment)
+        self.eps_ttft = miss * self.opt["ttft_miss_share"]
+        self.eps_itl = miss * (1.0 - self.opt["ttft_miss_share"])
+        self.p_corr = 1.0  # multiplies prefill service time
+        self.d_corr = 1.0  # multiplies decode ITL
+        self.last_isl: float | None = None
+        self.last_osl: float | None = None
+        self.idle_since: float | None = None
+        self.history: dict[str, deque[tuple[float, int]]] = {"prefill": deque(), "decode": deque()}
+        self.last_up: dict[str, float] = {"prefill": -math.inf, "decode": -math.inf}
+
+    # ------------------------------------------------------------------ the models
+
+    def prefill_service_s(self, isl: float) -> float:
+        """Mean service time of one request on one replica (throughput-based), corrected."""
+        tps = float(self.profile.prefill_thpt_per_gpu_at(isl)) * self.cfg.gpus_per_prefill
+        return isl / tps * self.p_corr
+
+    def prefill_ttft_floor_ms(self, isl: float) -> float:
+        return (
+            float(self.profile.prefill_ttft_ms_at(isl)) * self.p_corr + self.opt["kv_transfer_ms"]
+        )
+
+    def prefill_miss(self, replicas: int, rate: float, isl: float) -> float:
+        """P(TTFT > target) with `replicas` M/G/1 queues sharing `rate` req/s."""
+        if replicas <= 0:
+            return 1.0
+        s = self.prefill_service_s(isl)
+        rho = rate * s / replicas
+        if rho >= 1.0:
+            return 1.0
+        if rho <= 0:
+            return 0.0
+        budget_s = (self.cfg.ttft_ms - self.prefill_ttft_floor_ms(isl)) / 1000.0
+        if budget_s <= 0:
+            return 1.0
+        mean_wait_busy = s * (1.0 + self.opt["service_cv2"]) / (2.0 * (1.0 - rho))
+        return min(1.0, rho * math.exp(-budget_s / mean_wait_busy))
+
+    def prefill_ttft_quantile_ms(self, replicas: int, rate: float, isl: float, q: float) -> float:
+        """The model's q-quantile of TTFT (what the correction compares with)."""
+        s = self.prefill_service_s(isl)
+        rho = rate * s / max(1, replicas)
+        floor = self.prefill_ttft_floor_ms(isl)
+        if rho >= 1.0:
+            return math.inf
+        if rho <= 1.0 - q:
+            return floor
+        mean_wait_busy = s * (1.0 + self.opt["service_cv2"]) / (2.0 * (1.0 - rho))
+        return floor + 1000.0 * mean_wait_busy * math.log(rho / (1.0 - q))
+
+    def decode_limit(self, isl: float, osl: float) -> tuple[float, float, float]:
+        """(max in-flight per replica meeting the corrected ITL target, its ITL ms, context)."""
+        context = isl + osl / 2
+        target = self.cfg.itl_ms / self.d_corr
+        _, itl_ms, kv = self.profile.best_decode_point(target, context)
+        n_max = kv * self.profile.max_kv_tokens / context  # per engine, whatever its TP
+        return max(n_max, 1.0), float(itl_ms), context
+
+    def decode_inflight(self, rate: float, osl: float) -> float:
+        """Little's law: requests decoding at once if each token takes the ITL target."""
+        return rate * osl * (self.cfg.itl_ms / 1000.0)
+
+    def decode_miss(self, replicas: int, rate: float, isl: float, osl: float) -> float:
+        """P(a replica's concurrency exceeds what meets the ITL target), normal approx."""
+        if replicas <= 0:
+            return 1.0
+        n_max, _, _ = self.decode_limit(isl, osl)
+        mean = self.decode_inflight(rate, osl) / replicas
+        if mean <= 0:
+            return 0.0
+        z = (n_max + 0.5 - mean) / math.sqrt(mean)
+        return 1.0 - NormalDist().cdf(z)
+
+    def prefill_needed(self, rate: float, isl: float, max_replicas: int = 4096) -> int:
+        s = self.prefill_service_s(isl)
+        c = max(1, math.ceil(rate * s / self.opt["max_rho"]))
+        while c < max_replicas and self.prefill_miss(c, rate, isl) > self.eps_ttft:
+            c += 1
+        return c
+
+    def decode_needed(self, rate: float, isl: float, osl: float, max_replicas: int = 4096) -> int:
+        n_max, _, _ = self.decode_limit(isl, osl)
+        total = self.decode_inflight(rate, osl)
+        d = max(1, math.ceil(total / n_max))
+        z = self.opt["decode_z"]
+        while d < max_replicas and _poisson_quantile_normal(total / d, z) > n_max:
+            d += 1
+        return d
+
+    # ------------------------------------------------------------------ one tick
+
+    def decide(self, obs: Observation, state: ReplicaState, now_s: float) -> Decision:
+        cfg = self.cfg
+        if obs.num_req is None or (not obs.idle and obs.missing):
+            what = "request count" if obs.num_req is None else ", ".join(obs.missing)
+            if obs.num_req is not None:
+                self.num_req_pred.observe(obs.num_req)
+            return self._hold(
+                state,
+                "hold-missing",
+                f"{what} missing ({'; '.join(obs.errors) or 'no data'}): holding",
+            )
+
+        if obs.idle:
+            self.num_req_pred.observe(0.0)
+            self.isl_pred.observe(self.last_isl)
+            self.osl_pred.observe(self.last_osl)
+            if self.idle_since is None:
+                self.idle_since = now_s - obs.interval_s
+            idle_for = now_s - self.idle_since
+            if idle_for < self.opt["idle_grace_s"]:
+                return self._hold(
+                    state,
+                    "idle-grace",
+                    f"idle for {idle_for:.0f} s, within the {self.opt['idle_grace_s']:.0f} s grace: holding",
+                )
+            p, d = clamp_min_max(cfg.min_replicas, cfg.min_replicas, cfg)
+            return Decision(
+                p, d, "idle-min", f"idle for {idle_for:.0f} s: both roles to the minimum"
+            )
+        self.idle_since = None
+
+        self.last_isl, self.last_osl = obs.isl_mean, obs.osl_mean
+        lines: list[str] = []
+        if cfg.correction:
+            self._correct(obs, state, lines)
+        self.num_req_pred.observe(obs.num_req)
+        self.isl_pred.observe(obs.isl_mean)
+        self.osl_pred.observe(obs.osl_mean)
+
+        isl = self.isl_pred.predict() or obs.isl_mean
+        osl = self.osl_pred.predict() or obs.osl_mean
+        rates = {}
+        for role, st in (("prefill", state.prefill), ("decode", state.decode)):
+            startup = st.startup_estimate_s
+            if startup is None:
+                startup = cfg.startup_prefill_s if role == "prefill" else cfg.startup_decode_s
+            rates[role] = self._rate_ahead(startup, lines, role)
+
+        p_need = self.prefill_needed(rates["prefill"], isl)
+        d_need = self.decode_needed(rates["decode"], isl, osl)
+        lines.append(
+            f"prefill: {rates['prefill']:.2f} req/s at ISL {isl:.0f}, service {1000 * self.prefill_service_s(isl):.1f} ms"
+            f" (x{self.p_corr:.2f}): P(TTFT > {cfg.ttft_ms:g} ms) <= {self.eps_ttft:.3%} needs {p_need}"
+        )
+        n_max, itl_at, context = self.decode_limit(isl, osl)
+        lines.append(
+            f"decode: {self.decode_inflight(rates['decode'], osl):.1f} in flight at context {context:.0f}; "
+            f"<= {n_max:.0f}/replica keeps ITL {itl_at:.1f} ms <= {cfg.itl_ms / self.d_corr:.1f} ms "
+            f"(target / {self.d_corr:.2f}) at z={self.opt['decode_z']:g}: needs {d_need}"
+        )
+
+        # Capacity stuck in start-up is counted missing: ask for replacements on top.
+        rules = ["scale"]
+        for role, st in (("prefill", state.prefill), ("decode", state.decode)):
+            if st.stuck:
+                lines.append(
+                    f"{role}: {st.stuck} replica(s) stuck starting past the timeout, replaced"
+                )
+                rules.append("stuck")
+        p_want = p_need + state.prefill.stuck
+        d_want = d_need + state.decode.stuck
+
+        p = self._stabilize("prefill", p_want, state.prefill.desired, now_s, lines)
+        d = self._stabilize("decode", d_want, state.decode.desired, now_s, lines)
+        p, d = clamp_min_max(p, d, cfg)
+        p, d, budget_note = self._share_budget(p, d, rates, isl, osl)
+        if budget_note:
+            lines.append(budget_note)
+            rules.append("budget")
+
+        return Decision(
+            prefill=p,
+            decode=d,
+            rule="+".join(rules),
+            reason=(
+                f"plan for {rates['prefill']:.2f}/{rates['decode']:.2f} req/s (prefill/decode horizon) at "
+                f"ISL {isl:.0f}/OSL {osl:.0f}: need {p_need}P + {d_need}D -> {p}P + {d}D"
+            ),
+            prediction={
+                "num_req": self.num_req_pred.predict(),
+                "isl": isl,
+                "osl": osl,
+                "rate_prefill_horizon": rates["prefill"],
+                "rate_decode_horizon": rates["decode"],
+            },
+            demand={
+                "prefill_tokens_per_s": rates["prefill"] * isl,
+                "decode_tokens_per_s": rates["decode"] * osl,
+            },
+            capacity={
+                "prefill_tokens_per_s_per_replica": isl / self.prefill_service_s(isl),
+                "decode_max_inflight_per_replica": n_max,
+                "p_corr": self.p_corr,
+                "d_corr": self.d_corr,
+                "prefill_miss": self.prefill_miss(p, rates["prefill"], isl),
+                "decode_miss": self.decode_miss(d, rates["decode"], isl, osl),
+            },
+            expected_ttft_ms=_finite_or_none(
+                self.prefill_ttft_quantile_ms(p, rates["prefill"], isl, cfg.target_attainment)
+            ),
+            expected_itl_ms=itl_at * self.d_corr,
+            arithmetic=tuple(lines),
+        )
+
+    # ------------------------------------------------------------------ pieces
+
+    def _rate_ahead(self, startup_s: float, lines: list[str], role: str) -> float:
+        """Highest forecast (with headroom) over the intervals until new capacity is ready."""
+        interval = self.cfg.interval_s
+        steps = max(1, math.ceil(startup_s / interval) + 1)
+        q = self.opt["headroom_quantile"]
+        best = 0.0
+        for k in range(1, steps + 1):
+            point = self.num_req_pred.predict(k) or 0.0
+            upper = self.num_req_pred.upper(q, k)
+            value = max(point, upper) if upper is not None else point
+            best = max(best, value)
+        rate = best / interval
+        lines.append(
+            f"{role}: forecast over {steps} interval(s) (startup {startup_s:.0f} s), "
+            f"q{q:.2f} -> {best:.1f} req/interval"
+        )
+        return rate
+
+    def _correct(self, obs: Observation, state: ReplicaState, lines: list[str]) -> None:
+        """Observed vs expected latency; EMA-smoothed, bounded ratios that go both ways."""
+        lo, hi, a = (
+            self.opt["correction_min"],
+            self.opt["correction_max"],
+            self.opt["correction_alpha"],
+        )
+        if obs.num_req < self.opt["correction_min_requests"]:
+            return
+        rate = obs.num_req / obs.interval_s
+        ready_p = max(1, state.prefill.ready)
+        rho = rate * self.prefill_service_s(obs.isl_mean) / ready_p
+        observed_p = obs.ttft_p90_ms
+        if observed_p is not None and rho < 0.85:
+            expected = self.prefill_ttft_quantile_ms(ready_p, rate, obs.isl_mean, 0.9)
+            if math.isfinite(expected) and expected > 0:
+                ratio = observed_p / expected
+                new = min(hi, max(lo, self.p_corr * ratio**a))
+                lines.append(
+                    f"TTFT p90 observed {observed_p:.0f} ms vs model {expected:.0f} ms: "
+                    f"prefill correction {self.p_corr:.2f} -> {new:.2f}"
+                )
+                self.p_corr = new
+        ready_d = state.decode.ready
+        if ready_d > 0 and obs.itl_mean_ms and obs.request_duration_mean_s:
+            concurrency = obs.num_req / ready_d * obs.request_duration_mean_s / obs.interval_s
+            context = obs.isl_mean + obs.osl_mean / 2
+            expected = float(self.profile.decode_itl_ms_at_concurrency(concurrency, context))
+            if expected > 0:
+                ratio = obs.itl_mean_ms / expected
+                new = min(hi, max(lo, self.d_corr ** (1 - a) * ratio**a))
+                lines.append(
+                    f"ITL observed {obs.itl_mean_ms:.2f} ms vs profile {expected:.2f} ms: "
+                    f"decode correction {self.d_corr:.2f} -> {new:.2f}"
+                )
+                self.d_corr = new
+
+    def _stabilize(self, role: str, want: int, current: int, now_s: float, lines: list[str]) -> int:
+        hist = self.history[role]
+        hist.append((now_s, want))
+        window = self.opt["scale_down_window_s"]
+        while hist and hist[0][0] < now_s - window:
+            hist.popleft()
+        if want > current:
+            cap = current + max(2, math.ceil(current * self.opt["max_step_up_fraction"]))
+            out = min(want, cap)
+            self.last_up[role] = now_s
+            if out < want:
+                lines.append(f"{role}: step cap {cap} this tick")
+            return out
+        if want == current:
+            return current
+        lifetime = self.opt["min_lifetime_s"] or self.cfg.interval_s
+        if now_s - self.last_up[role] < lifetime:
+            lines.append(
+                f"{role}: scaled up {now_s - self.last_up[role]:.0f} s ago, keeping {current}"
+            )
+            return current
+        highest = max(w for _, w in hist)
+        floor = current - max(1, math.floor(current * self.opt["max_step_down_fraction"]))
+        out = max(highest, floor, want)
+        if out < current:
+            lines.append(
+                f"{role}: scale down to the highest need of the last {window:.0f} s ({highest}), step floor {floor}"
+            )
+        return min(out, current)
+
+    def _share_budget(
+        self, p: int, d: int, rates: dict[str, float], isl: float, osl: float
+    ) -> tuple[int, int, str | None]:
+        cfg = self.cfg
+        budget = cfg.max_gpu_budget
+        if budget is None or cfg.gpus(p, d) <= budget:
+            return p, d, None
+        gp, gd = cfg.gpus_per_prefill, cfg.gpus_per_decode
+        bp, bd = cfg.min_replicas, cfg.min_replicas
+        # Give each next engine to the role whose expected misses per GPU drop the most.
+        while True:
+            options = []
+            if bp < p and cfg.gpus(bp + 1, bd) <= budget:
+                gain = self.prefill_miss(bp, rates["prefill"], isl) - self.prefill_miss(
+                    bp + 1, rates["prefill"], isl
+                )
+                options.append((gain / gp, 0, "prefill"))
+            if bd < d and cfg.gpus(bp, bd + 1) <= budget:
+                gain = self.decode_miss(bd, rates["decode"], isl, osl) - self.decode_miss(
+                    bd + 1, rates["decode"], isl, osl
+                )
+                options.append((gain / gd, 1, "decode"))
+            if not options:
+                break
+            _, _, role = max(options)
+            if role == "prefill":
+                bp += 1
+            else:
+                bd += 1
+        note = (
+            f"GPU budget {budget} < {cfg.gpus(p, d)} wanted ({p}P + {d}D): "
+            f"shared by marginal SLA gain -> {bp}P + {bd}D"
+        )
+        return bp, bd, note
+
+    def _hold(self, state: ReplicaState, rule: str, reason: str) -> Decision:
+        p, d = clamp_min_max(state.prefill.desired, state.decode.desired, self.cfg)
+        p, d, _ = apply_budget(p, d, self.cfg)
+        return Decision(p, d, rule, reason)
+
+
+def _finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None
