@@ -14,12 +14,40 @@ ROOT = Path(__file__).resolve().parents[1]
 PLANLAB_SHARED = {"planlab.scenario", "planlab.results", "planlab.profiles"}
 
 # Names whose use means I/O, a clock or sleeping.
-IMPURE_MODULES = {"socket", "asyncio", "subprocess", "urllib", "http", "httpx", "aiohttp",
-                  "requests", "threading", "multiprocessing", "logging.handlers", "pathlib",
-                  "shutil", "tempfile", "io"}
-IMPURE_CALLS = {"open", "time.time", "time.sleep", "time.monotonic", "time.perf_counter",
-                "datetime.now", "datetime.datetime.now", "np.load", "numpy.load", "np.save",
-                "np.savez", "os.open", "os.environ", "input", "print"}
+IMPURE_MODULES = {
+    "socket",
+    "asyncio",
+    "subprocess",
+    "urllib",
+    "http",
+    "httpx",
+    "aiohttp",
+    "requests",
+    "threading",
+    "multiprocessing",
+    "logging.handlers",
+    "pathlib",
+    "shutil",
+    "tempfile",
+    "io",
+}
+IMPURE_CALLS = {
+    "open",
+    "time.time",
+    "time.sleep",
+    "time.monotonic",
+    "time.perf_counter",
+    "datetime.now",
+    "datetime.datetime.now",
+    "np.load",
+    "numpy.load",
+    "np.save",
+    "np.savez",
+    "os.open",
+    "os.environ",
+    "input",
+    "print",
+}
 
 
 def _modules(pkg: str) -> list[Path]:
@@ -76,17 +104,26 @@ def test_planner_is_pure(path: Path) -> None:
 def test_sim_does_not_import_live_or_cli(path: Path) -> None:
     imports = _imports(ast.parse(path.read_text()))
     bad = {m for m in imports if m.split(".")[0] == "live"}
-    bad |= {m for m in imports if m.startswith("planlab") and _planlab_module(m) not in PLANLAB_SHARED}
+    bad |= {
+        m for m in imports if m.startswith("planlab") and _planlab_module(m) not in PLANLAB_SHARED
+    }
     assert not bad, f"{path} imports {sorted(bad)}"
 
 
 @pytest.mark.parametrize("path", _modules("live"), ids=lambda p: str(p.relative_to(ROOT)))
 def test_live_imports_only_shared_parts(path: Path) -> None:
     imports = _imports(ast.parse(path.read_text()))
-    bad = {m for m in imports if m.startswith("planlab") and _planlab_module(m) not in PLANLAB_SHARED}
+    bad = {
+        m for m in imports if m.startswith("planlab") and _planlab_module(m) not in PLANLAB_SHARED
+    }
     # live may reuse the simulator's workload generator and engine timing model only.
-    bad |= {m for m in imports if m.split(".")[0] == "sim"
-            and ".".join(m.split(".")[:2]) not in {"sim.workload", "sim.timing"} and m != "sim"}
+    bad |= {
+        m
+        for m in imports
+        if m.split(".")[0] == "sim"
+        and ".".join(m.split(".")[:2]) not in {"sim.workload", "sim.timing"}
+        and m != "sim"
+    }
     assert not bad, f"{path} imports {sorted(bad)}"
 
 

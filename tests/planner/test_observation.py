@@ -73,8 +73,17 @@ def test_observation_means_rates_and_percentiles_in_ms() -> None:
 
 
 def test_missing_statistics_are_named_not_zeroed() -> None:
-    stats = WindowStats(60.0, 60.0, requests=50.0, ttft_s=None, itl_s=None, duration_s=None,
-                        isl_tokens=None, osl_tokens=None, errors=("prometheus: connection refused",))
+    stats = WindowStats(
+        60.0,
+        60.0,
+        requests=50.0,
+        ttft_s=None,
+        itl_s=None,
+        duration_s=None,
+        isl_tokens=None,
+        osl_tokens=None,
+        errors=("prometheus: connection refused",),
+    )
     obs = build_observation(stats)
     assert obs.ttft_mean_ms is None
     assert set(obs.missing) == {"isl", "osl", "ttft", "itl", "request_duration"}
@@ -94,10 +103,14 @@ def test_decision_record_is_one_json_line_with_nan_as_null() -> None:
     stats = WindowStats(60.0, 60.0, 10.0, None, None, None, None, None)
     state = ReplicaState(RoleState(1, 1), RoleState(2, 1, starting=1, startup_s=(30.0,)))
     rec = DecisionRecord(
-        t_s=60.0, policy="dynamo", observation=build_observation(stats),
-        decision=Decision(prefill=2, decode=2, rule="scale", reason="r",
-                          prediction={"num_req": math.nan}),
-        current=state, applied=True,
+        t_s=60.0,
+        policy="dynamo",
+        observation=build_observation(stats),
+        decision=Decision(
+            prefill=2, decode=2, rule="scale", reason="r", prediction={"num_req": math.nan}
+        ),
+        current=state,
+        applied=True,
     )
     line = rec.to_json()
     assert "\n" not in line
