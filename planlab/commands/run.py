@@ -1,0 +1,184 @@
+"""`planlab run SCENARIO`: simulate a scenario, write results/<run>/, print a summary table.
+
+The simulated path is `run_simulated`; `--live` (added by the live driver) branches to its
+own function from `main`, so both share the argument parsing and the printed table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from planlab.scenario import load_scenario
+from planner.errors import ConfigError
+
+EXAMPLES = """examples:
+  planlab run scenarios/quickstart.yaml
+  planlab run scenarios/ramp.yaml --policy static --seed 3 --out results/ramp-static
+  planlab run scenarios/steady.yaml --set planner.interval=30s --no-report
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="simulate a scenario and write its results directory",
+        description="Simulate SCENARIO (frontend, prefill and decode workers, Prometheus "
+        "scraping, the planner loop) and write requests.csv, timeline.csv, decisions.jsonl "
+        "and summary.json to a results directory.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("scenario", metavar="SCENARIO", help="a scenario YAML file")
+    p.add_argument("--policy", help="override planner.policy (static, dynamo, ...)")
+    p.add_argument("--seed", type=int, help="override the scenario's seed")
+    p.add_argument("--out", metavar="DIR", help="results directory (default results/<run>)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a scenario key, e.g. planner.interval=30s (repeatable)",
+    )
+    p.add_argument("--no-report", action="store_true", help="skip the HTML report and plots")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=main)
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. planner.interval=30s")
+        out[key.strip()] = value
+    if args.policy is not None:
+        out["planner.policy"] = args.policy
+    if args.seed is not None:
+        out["seed"] = str(args.seed)
+    return out
+
+
+def main(args: argparse.Namespace) -> int:
+    if getattr(args, "live", False):
+        from planlab.commands.run_live import run_live  # the live driver's path
+
+        return run_live(args)
+    return run_simulated(args)
+
+
+class ProgressBar:
+    """A one-line text bar on stderr, drawn only on a terminal and only after the run has
+    taken a second, redrawn at most ten times a second."""
+
+    def __init__(self, stream=sys.stderr, enabled: bool | None = None, width: int = 30):
+        self.stream = stream
+        self.enabled = stream.isatty() if enabled is None else enabled
+        self.width = width
+        self.t0 = time.monotonic()
+        self.last = 0.0
+        self.drawn = False
+
+    def __call__(self, t_s: float, duration_s: float) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self.t0 < 1.0 or now - self.last < 0.1:
+            return
+        self.last = now
+        frac = min(1.0, t_s / duration_s) if duration_s > 0 else 1.0
+        filled = int(frac * self.width)
+        bar = "#" * filled + "-" * (self.width - filled)
+        self.stream.write(f"\r[{bar}] {frac:6.1%}  sim {t_s:8.0f} s  wall {now - self.t0:5.1f} s")
+        self.stream.flush()
+        self.drawn = True
+
+    def close(self) -> None:
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def run_simulated(args: argparse.Namespace) -> int:
+    from planlab.runner import run_scenario
+
+    scenario = load_scenario(args.scenario, overrides_from(args) or None)
+    bar = ProgressBar(enabled=False if args.quiet else None)
+    try:
+        outcome = run_scenario(scenario, out_dir=args.out, progress=bar)
+    finally:
+        bar.close()
+    if not args.no_report:
+        _report(outcome.out_dir)
+    print_summary(outcome.summary, outcome.out_dir)
+    return 0
+
+
+def _report(out_dir: Path | None) -> None:
+    try:
+        from planlab import report
+    except ImportError:
+        return
+    make = getattr(report, "write_report", None) or getattr(report, "make_report", None)
+    if make is not None and out_dir is not None:
+        make(out_dir)
+
+
+def _fmt(x: Any, spec: str = ".1f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def print_summary(summary: dict[str, Any], out_dir: Path | None) -> None:
+    s = summary
+    req = s["requests"]
+    att = s["attainment"]
+    gpu = s["gpu_hours"]
+    wall = s.get("wall", {})
+    rows = [
+        ("scenario / policy", f"{s['scenario']} / {s['policy']}"),
+        (
+            "requests",
+            f"{req['arrived']} arrived, {req['completed']} completed, "
+            f"{req['failed']} failed, {req['in_flight']} in flight",
+        ),
+        (
+            "attainment",
+            f"TTFT {_fmt(att['ttft'], '.3f')}  ITL {_fmt(att['itl'], '.3f')}  "
+            f"joint {_fmt(att['joint'], '.3f')} (target {att['target']:g})",
+        ),
+    ]
+    for key, label in (("ttft_ms", "TTFT ms"), ("tpot_ms", "TPOT ms"), ("e2e_s", "E2E s")):
+        st = s[key]
+        rows.append(
+            (
+                label,
+                f"mean {_fmt(st['mean'])}  p50 {_fmt(st['p50'])}  "
+                f"p90 {_fmt(st['p90'])}  p99 {_fmt(st['p99'])}",
+            )
+        )
+    rows.append(
+        (
+            "GPU-hours",
+            f"{gpu['total']:.2f} (prefill {gpu['prefill']['total']:.2f}, "
+            f"decode {gpu['decode']['total']:.2f})",
+        )
+    )
+    rows.append(
+        ("scaling / preemptions", f"{s['scaling_events']} events, {s['preemptions']} preemptions")
+    )
+    if wall.get("wall_s") is not None:
+        rows.append(
+            (
+                "wall",
+                f"{wall['wall_s']:.2f} s ({_fmt(wall.get('sim_requests_per_wall_s'), ',.0f')} "
+                "simulated requests/s)",
+            )
+        )
+    if out_dir is not None:
+        rows.append(("results", str(out_dir)))
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
