@@ -28,6 +28,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.config.config_exception import ConfigException
 
+from planlab.scenario import parse_duration
 from planner.errors import ConfigError
 from planner.types import ROLES, ReplicaState, RoleState
 
@@ -116,6 +117,93 @@ def make_api_client(
     return k8s.ApiClient(cfg)
 
 
+SETTINGS_KEYS = (
+    "namespace",
+    "mode",
+    "prefill_deployment",
+    "decode_deployment",
+    "dgd_name",
+    "prefill_service",
+    "decode_service",
+    "startup_timeout",
+    "request_timeout",
+    "host",
+    "kubeconfig",
+    "context",
+)
+
+
+@dataclass(frozen=True)
+class KubernetesSettings:
+    """The `kubernetes:` section of a planner config file (`planlab planner --config`)."""
+
+    namespace: str
+    prefill_deployment: str
+    decode_deployment: str
+    mode: str = "deployment"
+    dgd_name: str | None = None
+    prefill_service: str | None = None
+    decode_service: str | None = None
+    startup_timeout_s: float = 600.0
+    request_timeout_s: float = 10.0
+    host: str | None = None
+    kubeconfig: str | None = None
+    context: str | None = None
+
+
+def parse_kubernetes_settings(
+    data: object, source: str, key: str = "kubernetes"
+) -> KubernetesSettings:
+    """Validate the `kubernetes:` mapping; errors name the file, the key path and what was expected."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"got {data!r}; expected a mapping", source=source, key=key)
+    for k in data:
+        if k not in SETTINGS_KEYS:
+            raise ConfigError(
+                f"unknown key {k!r}; expected one of {', '.join(SETTINGS_KEYS)}",
+                source=source,
+                key=f"{key}.{k}",
+            )
+
+    def text(name: str, required: bool = False) -> str | None:
+        value = data.get(name)
+        if value is None and not required:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(
+                f"got {value!r}; expected a non-empty string", source=source, key=f"{key}.{name}"
+            )
+        return value
+
+    mode = data.get("mode", "deployment")
+    if mode not in MODES:
+        raise ConfigError(
+            f"got {mode!r}; expected one of {', '.join(MODES)}", source=source, key=f"{key}.mode"
+        )
+    dgd = mode == "dgd"
+    return KubernetesSettings(
+        namespace=text("namespace", required=True),
+        # In dgd mode the role names are the DGD's service names (prefill_service/decode_service).
+        prefill_deployment=text("prefill_deployment", required=not dgd)
+        or text("prefill_service", required=True),
+        decode_deployment=text("decode_deployment", required=not dgd)
+        or text("decode_service", required=True),
+        mode=mode,
+        dgd_name=text("dgd_name", required=dgd),
+        prefill_service=text("prefill_service"),
+        decode_service=text("decode_service"),
+        startup_timeout_s=parse_duration(
+            data.get("startup_timeout", 600.0), f"{key}.startup_timeout", source, positive=True
+        ),
+        request_timeout_s=parse_duration(
+            data.get("request_timeout", 10.0), f"{key}.request_timeout", source, positive=True
+        ),
+        host=text("host"),
+        kubeconfig=text("kubeconfig"),
+        context=text("context"),
+    )
+
+
 @dataclass
 class _RoleTrack:
     """Per-role bookkeeping between ticks (connector clock)."""
@@ -192,6 +280,24 @@ class KubernetesConnector:
         self._last_state: ReplicaState | None = None
         self.last_observed: dict[str, RoleObservation] = {}
         self.last_error: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: KubernetesSettings, **kw) -> KubernetesConnector:
+        """A connector for a parsed `kubernetes:` section; `kw` passes clock, sleep, api_client."""
+        if "api_client" not in kw:
+            kw["api_client"] = make_api_client(settings.host, settings.kubeconfig, settings.context)
+        return cls(
+            settings.namespace,
+            settings.prefill_deployment,
+            settings.decode_deployment,
+            mode=settings.mode,
+            dgd_name=settings.dgd_name,
+            prefill_service=settings.prefill_service,
+            decode_service=settings.decode_service,
+            startup_timeout_s=settings.startup_timeout_s,
+            request_timeout_s=settings.request_timeout_s,
+            **kw,
+        )
 
     # ------------------------------------------------------------------ port
 
