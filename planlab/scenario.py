@@ -551,7 +551,12 @@ class _Parser:
     def model(self, value: Any) -> ModelSpec:
         m = self.mapping(value, "model", ("profile", "analytic"))
         if ("profile" in m) == ("analytic" in m):
-            raise self.fail("model", value, "exactly one of profile (a directory) or analytic")
+            got = "both profile and analytic" if "profile" in m else "neither profile nor analytic"
+            raise ConfigError(
+                f"got {got}; expected exactly one of profile (a directory) or analytic",
+                source=self.source,
+                key="model",
+            )
         if "profile" in m:
             return ModelSpec(profile=self.path(m["profile"], "model.profile", kind="directory"))
         a = self.mapping(
