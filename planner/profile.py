@@ -270,7 +270,7 @@ class PerfProfile:
         """(thpt_per_gpu, itl_ms, kv_usage) of the highest-throughput kv usage whose ITL is
         at most `itl_ms` at `context`. When even one sequence misses the target, the
         lowest-ITL point (one sequence) is returned; its ITL exceeds the target."""
-        kv, itl, thpt, pm, pm_arg = self._best_curve(float(context))
+        kv, itl, thpt, pm_arg = self._best_curve(float(context))
         n = int(np.searchsorted(itl, itl_ms, side="right"))
         if n == 0:
             return float(thpt[0]), float(itl[0]), float(kv[0])
@@ -328,7 +328,7 @@ class PerfProfile:
         prev_max = np.concatenate(([-np.inf], np.maximum.accumulate(thpt)[:-1]))
         idx = np.arange(len(kv))
         pm_arg = np.maximum.accumulate(np.where(thpt > prev_max, idx, 0))
-        out = (kv, itl, thpt, None, pm_arg)
+        out = (kv, itl, thpt, pm_arg)
         if len(self._best_cache) >= _BEST_CACHE_SIZE:
             self._best_cache.clear()
         self._best_cache[context] = out
@@ -362,7 +362,7 @@ def _validate(p: PerfProfile, src: str) -> None:
             raise ConfigError(
                 f"array lengths differ ({desc}); expected equal lengths",
                 source=src,
-                key=_FIELD_KEY[group[0]],
+                key=next(k for k, n in sizes.items() if n != sizes[_FIELD_KEY[group[0]]]),
             )
 
     isl = p.prefill_isl
