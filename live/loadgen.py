@@ -8,10 +8,11 @@ time.perf_counter, from the request's scheduled arrival: a request held back by 
 concurrency limit (or by a late event loop) has that wait in its TTFT and e2e, as a
 user's would.
 
-Per-request status: success; http_error (a non-200 answer); connection_error (refused,
-reset or closed mid-stream); timeout (request_timeout_s passed); stream_error (an error
-event or an `{"error": ...}` chunk in the stream); incomplete (the stream ended without
-`data: [DONE]`). Any of them ends that request only; the run goes on.
+Per-request status (the `status` column of requests.csv, where anything but ok and
+timeout counts as failed): ok; http_error (a non-200 answer); connection_error
+(refused, reset or closed mid-stream); timeout (request_timeout_s passed); stream_error
+(an error event or an `{"error": ...}` chunk in the stream); incomplete (the stream
+ended without `data: [DONE]`). Each ends that request only; the run goes on.
 """
 
 from __future__ import annotations
@@ -297,7 +298,7 @@ class LoadGenerator:
         times: list[float] = []
         usage_tokens = 0
         pw = dw = ""
-        status, error = "success", ""
+        status, error = "ok", ""
         sent = scheduled
         async with sem:
             sent = time.perf_counter()
@@ -330,7 +331,7 @@ class LoadGenerator:
             status=status,
             error=error,
             ttft_s=(times[0] - scheduled) if times else None,
-            e2e_s=end - scheduled if status == "success" else None,
+            e2e_s=end - scheduled if status == "ok" else None,
             output_tokens=n,
             gaps_s=gaps,
             prefill_worker=pw,
