@@ -12,7 +12,7 @@ from live.kubernetes import KubernetesAccessError, KubernetesConnector, Kubernet
 from planner.errors import ConfigError
 
 NS = "llm"
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.live, pytest.mark.timeout(30)]
 
 
 class FakeClock:
@@ -141,6 +141,21 @@ def test_standin_refuses_a_stale_put_like_a_real_server(standin):
         apps.replace_namespaced_deployment_scale("prefill", NS, scale)
     assert info.value.status == 409
     assert '"reason": "Conflict"' in info.value.body
+    assert standin.replicas(NS, "prefill") == 2
+
+
+def test_standin_patch_honours_a_resource_version_precondition(standin):
+    apps = client.AppsV1Api(api_client(standin))
+    rv = apps.read_namespaced_deployment_scale("prefill", NS).metadata.resource_version
+    # The client sends a dict body to the scale subresource as a strategic merge patch.
+    apps.patch_namespaced_deployment_scale("prefill", NS, {"spec": {"replicas": 2}})
+    assert standin.writes()[-1].content_type == "application/strategic-merge-patch+json"
+    assert standin.replicas(NS, "prefill") == 2
+    with pytest.raises(client.ApiException) as info:
+        apps.patch_namespaced_deployment_scale(
+            "prefill", NS, {"metadata": {"resourceVersion": rv}, "spec": {"replicas": 6}}
+        )
+    assert info.value.status == 409
     assert standin.replicas(NS, "prefill") == 2
 
 
