@@ -562,7 +562,7 @@ class _Parser:
         a = self.mapping(
             m["analytic"], "model.analytic", ("model", "gpu", "dtype", "tp"), ("model", "gpu")
         )
-        models, gpus = _analytic_names()
+        models, gpus, dtypes = _analytic_names()
         spec = AnalyticSpec(
             model=self.choice(a["model"], "model.analytic.model", models)
             if models
@@ -570,9 +570,7 @@ class _Parser:
             gpu=self.choice(a["gpu"], "model.analytic.gpu", gpus)
             if gpus
             else self.string(a["gpu"], "model.analytic.gpu"),
-            dtype=self.choice(
-                a.get("dtype", "fp8"), "model.analytic.dtype", ("fp8", "bf16", "fp16")
-            ),
+            dtype=self.choice(a.get("dtype", "fp8"), "model.analytic.dtype", dtypes),
             tp=self.integer(a.get("tp", 1), "model.analytic.tp", minimum=1),
         )
         return ModelSpec(analytic=spec)
@@ -865,13 +863,13 @@ def _normpath(path: Path) -> str:
     return os.path.normpath(str(path))
 
 
-def _analytic_names() -> tuple[list[str], list[str]]:
-    """The analytic model and GPU names, when planner.analytic is there to ask."""
+def _analytic_names() -> tuple[list[str], list[str], list[str]]:
+    """The analytic model, GPU and dtype names, when planner.analytic is there to ask."""
     try:
-        from planner.analytic import GPUS, MODELS
+        from planner.analytic import DTYPE_BYTES, GPUS, MODELS
     except ImportError:
-        return [], []
-    return sorted(MODELS), sorted(GPUS)
+        return [], [], ["fp8", "bf16"]
+    return sorted(MODELS), sorted(GPUS), list(DTYPE_BYTES)
 
 
 def parse_scenario(data: dict[str, Any], source: str, *, base_dir: Path | None = None) -> Scenario:

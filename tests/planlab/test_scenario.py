@@ -464,6 +464,8 @@ def test_workload_modes_exclusive(tmp_path, workload, got):
         ("workload.isl", {"dist": "zipf", "a": 2}, "workload.isl.dist"),
         ("cluster.router", "random", "cluster.router"),
         ("model.analytic.dtype", "int3", "model.analytic.dtype"),
+        ("model.analytic.model", "gpt-9", "model.analytic.model"),
+        ("model.analytic.gpu", "tpu-v9", "model.analytic.gpu"),
     ],
 )
 def test_unknown_names(tmp_path, dotted, value, key):
