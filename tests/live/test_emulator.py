@@ -332,3 +332,12 @@ def test_real_prometheus_scrapes_the_emulator():
     assert [r["value"][1] for r in up] == ["1"]
     with pytest.raises(OSError):  # stopped with the cluster
         get(prom_url + "/-/ready")
+
+
+def test_emulate_command_rejects_bad_input(capsys):
+    from planlab.cli import main
+
+    assert main(["emulate", "--port", "70000", "--no-prometheus"]) == 2
+    assert "--port" in capsys.readouterr().err
+    assert main(["emulate", "--prefill", "-1", "--no-prometheus"]) == 2
+    assert "--prefill" in capsys.readouterr().err
