@@ -279,7 +279,8 @@ class DecodeWorker(Worker):
         nxt = done + 1
         if nxt >= self.n:
             return
-        if self.kv + done * len(self.batch) + req.isl + req.generated > self.max_kv:
+        b = len(self.batch)
+        if self.kv + (done + 1) * b + req.isl + req.generated + 1 > self.max_kv:
             return  # it would not fit before the next completion anyway
         self.gen += 1
         self.n = nxt
@@ -292,7 +293,9 @@ class DecodeWorker(Worker):
         while waiting and len(batch) < self.max_seqs:
             req = waiting[0]
             need = req.isl + req.generated
-            if self.kv + need > self.max_kv:
+            # Room for the request and for the next step's token of every request, so a
+            # fresh admission is never the one preempted at the same boundary.
+            if self.kv + need + len(batch) + 1 > self.max_kv:
                 if not batch:
                     # cannot fit even alone (checked at routing, so only after growth)
                     waiting.popleft()

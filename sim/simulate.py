@@ -68,6 +68,8 @@ class SimResult:
     worker_failures: int
     wall_s: float
     counts: dict[str, int] = field(default_factory=dict)
+    # one dict per worker ever started: role, wid, state, t_requested, t_ready, t_drain, t_end
+    workers: list[dict[str, Any]] = field(default_factory=list)
 
 
 class _RequestLog:
@@ -440,6 +442,19 @@ class Simulation:
             scaling_events=self.connector.scaling_events,
             worker_failures=self.worker_failures,
             wall_s=time.perf_counter() - wall0,
+            workers=[
+                {
+                    "role": w.role,
+                    "wid": w.wid,
+                    "state": w.state,
+                    "t_requested": w.t_requested,
+                    "t_ready": w.t_ready,
+                    "t_drain": w.t_drain,
+                    "t_end": w.t_end,
+                }
+                for pool in self.connector.pools.values()
+                for w in pool.all
+            ],
             counts={
                 "arrived": self.arrived,
                 "completed": self.completed,
