@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, eq=False)
 class Requests:
-    """One workload: arrival times (s, sorted) and per-request ISL and OSL (tokens)."""
+    """One workload: arrival times (s, sorted) and per-request ISL and OSL (tokens).
+
+    Treat the arrays as read-only: a replayed trace shares them with the reader's cache.
+    """
 
     arrival_s: np.ndarray  # float64, non-decreasing
     isl: np.ndarray  # int64, >= 1
@@ -307,8 +311,14 @@ def _read_csv(path: Path) -> pd.DataFrame:
         # Every cell as text: numbers are checked per column so a bad one names its line.
         return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except pd.errors.ParserError as exc:
+        m = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(exc))
+        if m:
+            raise _bad_row(
+                path, int(m[2]), f"{m[3]} fields; expected {m[1]} as in the header"
+            ) from None
+        detail = str(exc).strip().splitlines()[0]
         raise ConfigError(
-            f"malformed CSV ({exc}); expected one value per column", source=str(path)
+            f"malformed CSV ({detail}); expected one value per column", source=str(path)
         ) from None
     except pd.errors.EmptyDataError:
         raise ConfigError(

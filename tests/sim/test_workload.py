@@ -325,6 +325,12 @@ def test_burstgpt_drops_failed_rows(tmp_path, caplog):
         ),
         ("azure", "time,in,out\n0,1,1\n", 1, "expected columns"),
         (
+            "azure",
+            "arrived_at,num_prefill_tokens,num_decode_tokens\n0,1,1\n1,2,2,9\n",
+            3,
+            "4 fields; expected 3",
+        ),
+        (
             "mooncake",
             '{"timestamp": 0, "input_length": 1, "output_length": 1}\n{"timestamp": 5,\n',
             2,
