@@ -45,6 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-report", action="store_true", help="skip the HTML report and plots")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    from planlab.live_run import add_live_arguments
+
+    add_live_arguments(p)
     p.set_defaults(func=main)
 
 
@@ -64,9 +67,13 @@ def overrides_from(args: argparse.Namespace) -> dict[str, str]:
 
 def main(args: argparse.Namespace) -> int:
     if getattr(args, "live", False):
-        from planlab.commands.run_live import run_live  # the live driver's path
+        from planlab.live_run import run_live  # the live driver's path
 
-        return run_live(args)
+        outcome = run_live(args, overrides_from(args))
+        if not args.no_report:
+            _report(outcome.out_dir)
+        print_summary(outcome.summary, outcome.out_dir)
+        return 0
     return run_simulated(args)
 
 
