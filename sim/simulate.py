@@ -429,7 +429,8 @@ class Simulation:
         self._every(self.cfg.interval_s, self._tick, NORMAL)
         env.run(until=self.stop)
         end_s = env.now
-        self._scrape(end_s)  # a last timeline row at the end of the run
+        if not self.timeline or end_s - self.timeline[-1]["t_s"] >= 1e-3:
+            self._scrape(end_s)  # a last timeline row at the end of the run
         in_flight = self.arrived - self.completed - self.failed
         return SimResult(
             requests=self.log.table(),
