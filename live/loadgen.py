@@ -66,11 +66,14 @@ class SSEParser:
 
     def feed(self, chunk: bytes) -> list[tuple[str, str]]:
         buf = self._buf + chunk if self._buf else chunk
-        lines = buf.split(b"\n")
-        self._buf = lines.pop()
+        cut = buf.rfind(b"\n")
+        if cut < 0:
+            self._buf = buf
+            return []
+        # Only whole lines are decoded: a newline never falls inside a UTF-8 sequence.
+        self._buf = buf[cut + 1 :]
         events: list[tuple[str, str]] = []
-        for raw in lines:
-            line = raw.decode("utf-8", "replace")
+        for line in buf[:cut].decode("utf-8", "replace").split("\n"):
             if line.endswith("\r"):
                 line = line[:-1]
             if not line:
@@ -111,7 +114,7 @@ class RequestResult:
     output_tokens: int = 0
     # Gaps between consecutive content chunks (one per token when the server sends one
     # token per chunk): the raw material for ITL histograms.
-    gaps_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    gaps_s: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     prefill_worker: str = ""
     decode_worker: str = ""
     wait_s: float = 0.0  # from scheduled arrival to the request being sent
