@@ -256,11 +256,12 @@ def _plot_load_capacity(run: RunData, ctx: dict, plots_dir: Path) -> Path:
     data["scaling_decisions"] = marks
     for ax, role in ((ax_p, "prefill"), (ax_d, "decode")):
         any_data = False
+        # desired last, dashed, so it stays visible where it equals ready
         for kind, style in (
-            ("desired", {"color": "black", "lw": 1.6, "ls": "--"}),
-            ("ready", {"color": ROLE_COLORS[role], "lw": 2.4}),
+            ("ready", {"color": ROLE_COLORS[role], "lw": 3.0}),
             ("starting", {"color": "tab:green", "lw": 1.4}),
-            ("draining", {"color": "0.55", "lw": 1.2, "ls": ":"}),
+            ("draining", {"color": "0.55", "lw": 1.4, "ls": "-."}),
+            ("desired", {"color": "black", "lw": 1.4, "ls": "--"}),
         ):
             y = _col(tl, f"{role}_{kind}")
             data[f"{role}_{kind}"] = y
@@ -418,7 +419,7 @@ th{background:#f4f4f4}td.l,th.l{text-align:left}
 .bad{color:#b00020}.good{color:#1b7f1b}
 img{max-width:100%;height:auto;border:1px solid #eee}
 .note{color:#666;font-size:0.9em}
-.decisions td.reason{max-width:460px;text-align:left}
+.decisions td.reason{max-width:460px;text-align:left}.nw{white-space:nowrap}
 """
 
 
@@ -531,7 +532,7 @@ def _decision_table(decisions: Sequence[Mapping[str, Any]]) -> str:
             + (f"<br><i>{_esc(rec.get('note'))}</i>" if rec.get("note") else "")
             + "</td>"
             f"<td>{_fmt(obs.get('num_req'), '.0f')}</td>"
-            f'<td class="l">{now}</td><td class="l"><b>{tgt}</b>'
+            f'<td class="l nw">{now}</td><td class="l nw"><b>{tgt}</b>'
             + ("" if applied in (None, True) else " (not applied)")
             + "</td>"
             f"<td>{_fmt(obs.get('ttft_mean_ms'))}</td>"

@@ -1,0 +1,121 @@
+"""`planlab compare SCENARIO|DIR|RUN_DIR... --policies a,b`: policies side by side on the
+same scenarios and seeds, as a table, compare.csv, a Pareto plot and compare.html."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from planner.errors import ConfigError
+
+EXAMPLES = """examples:
+  planlab compare scenarios/quickstart.yaml --policies dynamo,slaplan
+  planlab compare scenarios/suite/ --policies static,threshold,dynamo,slaplan,oracle --seeds 3
+  planlab compare results/run-a results/run-b --out results/a-vs-b
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="run several policies on the same scenarios and seeds and compare them",
+        description="Run every policy x seed on each scenario (a .yaml file, or every *.yaml "
+        "in a folder) in parallel processes, or read existing results directories, then "
+        "print a table and write compare.csv, plots/pareto.png, plots/timelines-*.png and "
+        "compare.html.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "inputs", nargs="+", metavar="SCENARIO|DIR|RUN_DIR", help="scenarios or results dirs"
+    )
+    p.add_argument(
+        "--policies",
+        default="static,dynamo,threshold,slaplan,oracle",
+        help="comma-separated policies (default: %(default)s)",
+    )
+    p.add_argument("--seeds", type=int, default=1, help="seeds per policy (default 1)")
+    p.add_argument("--jobs", type=int, help="worker processes (default: CPU count; 1 inline)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default results/compare-<time>)")
+    p.add_argument("--run-reports", action="store_true", help="also write each run's report")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=main)
+
+
+class RunProgress:
+    """Progress over finished runs on stderr: a redrawn bar on a terminal, else one plain
+    line per finished run."""
+
+    def __init__(self, stream=sys.stderr, quiet: bool = False, width: int = 30):
+        self.stream = stream
+        self.quiet = quiet
+        self.tty = stream.isatty()
+        self.width = width
+        self.t0 = time.monotonic()
+        self.drawn = False
+
+    def __call__(self, done: int, total: int, label: str) -> None:
+        if self.quiet:
+            return
+        elapsed = time.monotonic() - self.t0
+        if self.tty:
+            filled = int(self.width * done / max(total, 1))
+            bar = "#" * filled + "-" * (self.width - filled)
+            self.stream.write(f"\r[{bar}] {done}/{total}  {elapsed:5.1f} s  {label[:50]:<50}")
+            self.drawn = True
+        else:
+            self.stream.write(f"[{done}/{total}] {label} ({elapsed:.1f} s)\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def parse_list(text: str, what: str) -> list[str]:
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise ConfigError(f"got {text!r}; expected a comma-separated list of {what}")
+    return items
+
+
+def main(args: argparse.Namespace) -> int:
+    from planlab.compare import compare, format_table, resolve_inputs
+
+    if args.jobs is not None and args.jobs < 1:
+        raise ConfigError(f"--jobs {args.jobs}: expected a positive number of processes")
+    scenarios, run_dirs = resolve_inputs(args.inputs)
+    policies = parse_list(args.policies, "policies") if scenarios else []
+    out = (
+        Path(args.out)
+        if args.out
+        else Path("results") / datetime.now().strftime("compare-%Y%m%d-%H%M%S")
+    )
+    bar = RunProgress(quiet=args.quiet)
+    try:
+        df = compare(
+            scenarios,
+            policies,
+            args.seeds,
+            out,
+            jobs=args.jobs,
+            progress=bar,
+            run_dirs=run_dirs,
+            run_reports=args.run_reports,
+        )
+    finally:
+        bar.close()
+    print(format_table(df))
+    print(f"\nwrote {out / 'compare.csv'} and {out / 'compare.html'}")
+    crashed = df[(df["kind"] == "run") & (df["status"] != "ok")]
+    for _, r in crashed.iterrows():
+        print(
+            f"planlab: run {r['scenario']} / {r['policy']} / seed {r['seed']} crashed: "
+            f"{r['error']}",
+            file=sys.stderr,
+        )
+    return 1 if len(crashed) else 0
