@@ -302,6 +302,11 @@ class PrometheusSource:
             return None
         return value
 
+    def current(self, key: str, t_s: float) -> float | None:
+        """The value of a metric (planner.metrics name) at t_s, summed over its series:
+        a counter's running total or a gauge. None when Prometheus has no such series."""
+        return self.query(f"sum({self.names[key]}{self._sel()})", t_s).scalar()
+
     # -- MetricsSource ------------------------------------------------------------------
 
     def window(self, t_s: float, window_s: float) -> WindowStats:

@@ -1,0 +1,284 @@
+"""`planlab planner --config FILE`: the long-running planner daemon for a cluster (or, for
+trying it out, a running emulator), with an advisory mode that decides but never scales.
+
+The config file (YAML; deploy/configmap.yaml holds an example):
+
+    name, model, cluster, sla, planner   as in a scenario file
+    prometheus: {url, model, bearer_token_file, ca_file, verify_tls, timeout, retries,
+                 backoff, metric_names: dynamo|vllm, job, staleness, scrape_interval}
+    kubernetes: {namespace, mode: deployment|dgd, prefill_deployment, decode_deployment,
+                 dgd_name, prefill_service, decode_service, startup_timeout, ...}
+      or
+    emulator: {url}            a running `planlab emulate` frontend (read-only: advisory)
+    metrics: {address, port}   where the daemon serves its own gauges
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from planner.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+TOP_KEYS = (
+    "name",
+    "model",
+    "cluster",
+    "sla",
+    "planner",
+    "prometheus",
+    "kubernetes",
+    "emulator",
+    "metrics",
+)
+PROM_KEYS = (
+    "url",
+    "model",
+    "bearer_token_file",
+    "ca_file",
+    "verify_tls",
+    "timeout",
+    "retries",
+    "backoff",
+    "metric_names",
+    "job",
+    "staleness",
+    "scrape_interval",
+)
+
+EXAMPLES = """examples:
+  planlab planner --config deploy/planner.yaml
+  planlab planner --config planner.yaml --advisory --out runs/planner --metrics-port 9091
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "planner",
+        help="run the planner daemon against Prometheus and Kubernetes",
+        description="Every planner.interval: read the frontend metrics from Prometheus, the "
+        "replicas from Kubernetes (or an emulator), decide, scale (unless --advisory), log one "
+        "line and export gauges on /metrics. Stops cleanly on SIGTERM or Ctrl-C.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", required=True, metavar="FILE", help="planner config (YAML)")
+    p.add_argument("--advisory", action="store_true", help="decide and record, never scale")
+    p.add_argument("--out", metavar="DIR", help="append decisions.jsonl in this directory")
+    p.add_argument(
+        "--metrics-port", type=int, help="port for /metrics (default: config, else 9091; 0: any)"
+    )
+    p.add_argument(
+        "--metrics-address",
+        help="address for /metrics (default: config, else 127.0.0.1; 0.0.0.0 in a pod)",
+    )
+    p.add_argument("--max-ticks", type=int, help=argparse.SUPPRESS)  # tests: stop after N ticks
+    p.set_defaults(func=main)
+
+
+def _fail(source: str, key: str, value: Any, expected: str) -> ConfigError:
+    return ConfigError(f"got {value!r}; expected {expected}", source=source, key=key)
+
+
+def _mapping(data: Any, source: str, key: str, allowed: tuple[str, ...]) -> dict:
+    if not isinstance(data, dict):
+        raise _fail(source, key or "(top level)", data, "a mapping")
+    for k in data:
+        if k not in allowed:
+            raise ConfigError(
+                f"unknown key {k!r}; expected one of {', '.join(allowed)}",
+                source=source,
+                key=f"{key}.{k}" if key else str(k),
+            )
+    return data
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read and validate the daemon config; returns the parsed parts (scenario, prometheus
+    settings, connector settings, metrics address). ConfigError names file and key."""
+    from planlab.scenario import parse_duration, parse_scenario
+
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise ConfigError("config file not found; expected a YAML file", source=source)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        raise ConfigError(f"{where}invalid YAML", source=source) from None
+    data = _mapping(data, source, "", TOP_KEYS)
+    for key in ("model", "prometheus"):
+        if key not in data:
+            raise ConfigError("missing; expected a mapping", source=source, key=key)
+    if ("kubernetes" in data) == ("emulator" in data):
+        raise ConfigError(
+            "expected exactly one of kubernetes (scale Deployments or a DGD) or emulator "
+            "(a running planlab emulate frontend)",
+            source=source,
+            key="kubernetes",
+        )
+    prom = _mapping(data["prometheus"], source, "prometheus", PROM_KEYS)
+    # The scenario sections are validated by the scenario parser (same messages and
+    # rules); the workload is a placeholder the daemon never uses.
+    scenario_data = {
+        k: data[k] for k in ("name", "model", "cluster", "sla", "planner") if k in data
+    }
+    scenario_data.setdefault("name", path.stem)
+    scenario_data["duration"] = 1
+    scenario_data["workload"] = {
+        "arrival": {"process": "constant", "rate": 1},
+        "isl": {"dist": "fixed", "value": 1},
+        "osl": {"dist": "fixed", "value": 1},
+    }
+    if "scrape_interval" in prom:
+        scenario_data["prometheus"] = {"scrape_interval": prom["scrape_interval"]}
+    scenario = parse_scenario(scenario_data, source)
+
+    url = prom.get("url")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise _fail(source, "prometheus.url", url, "an http:// or https:// URL")
+    names = prom.get("metric_names", "dynamo")
+    from live.prometheus import METRIC_SETS
+
+    if names not in METRIC_SETS:
+        raise _fail(source, "prometheus.metric_names", names, f"one of {', '.join(METRIC_SETS)}")
+    retries = prom.get("retries", 3)
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        raise _fail(source, "prometheus.retries", retries, "an integer >= 0")
+    verify = prom.get("verify_tls", True)
+    if not isinstance(verify, bool):
+        raise _fail(source, "prometheus.verify_tls", verify, "true or false")
+    for key in ("model", "bearer_token_file", "ca_file", "job"):
+        if key in prom and (not isinstance(prom[key], str) or not prom[key]):
+            raise _fail(source, f"prometheus.{key}", prom[key], "a non-empty string")
+    prometheus = {
+        "url": url,
+        "model": prom.get("model"),
+        "bearer_token_file": prom.get("bearer_token_file"),
+        "ca_file": prom.get("ca_file"),
+        "verify_tls": verify,
+        "timeout_s": parse_duration(
+            prom.get("timeout", 5.0), "prometheus.timeout", source, positive=True
+        ),
+        "retries": retries,
+        "backoff_s": parse_duration(prom.get("backoff", 0.5), "prometheus.backoff", source),
+        "metric_names": names,
+        "job": prom.get("job"),
+        "staleness_s": parse_duration(
+            prom.get("staleness", max(30.0, 5 * scenario.prometheus.scrape_interval_s)),
+            "prometheus.staleness",
+            source,
+            positive=True,
+        ),
+    }
+
+    kube = emulator = None
+    if "kubernetes" in data:
+        from live.kubernetes import parse_kubernetes_settings
+
+        kube = parse_kubernetes_settings(data["kubernetes"], source)
+    else:
+        emu = _mapping(data["emulator"], source, "emulator", ("url",))
+        emulator = emu.get("url")
+        if not isinstance(emulator, str) or not emulator.startswith(("http://", "https://")):
+            raise _fail(source, "emulator.url", emulator, "the emulator's http:// URL")
+
+    metrics = _mapping(data.get("metrics") or {}, source, "metrics", ("address", "port"))
+    port = metrics.get("port", 9091)
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+        raise _fail(source, "metrics.port", port, "a port number 0..65535")
+    address = metrics.get("address", "127.0.0.1")
+    if not isinstance(address, str) or not address:
+        raise _fail(source, "metrics.address", address, "an address such as 127.0.0.1")
+    return {
+        "scenario": scenario,
+        "prometheus": prometheus,
+        "kubernetes": kube,
+        "emulator": emulator,
+        "metrics": {"address": address, "port": port},
+    }
+
+
+def build_daemon(cfg: dict[str, Any], args: argparse.Namespace):
+    """The PlannerDaemon a validated config describes (connector, source, policy)."""
+    from live.daemon import EmulatorConnector, PlannerDaemon
+    from live.prometheus import METRIC_SETS, PrometheusSource
+    from planlab.profiles import resolve_model
+    from planner.loop import PlannerLoop
+    from planner.policies.base import make_policy
+
+    scenario = cfg["scenario"]
+    advisory = bool(args.advisory)
+    source_file = str(args.config)
+    if cfg["emulator"] is not None:
+        if not advisory:
+            raise ConfigError(
+                "the emulator connector is read-only (the emulator has no scaling API); "
+                "run with --advisory",
+                source=source_file,
+                key="emulator",
+            )
+        connector = EmulatorConnector(cfg["emulator"])
+    else:
+        from live.kubernetes import KubernetesConnector
+
+        connector = KubernetesConnector.from_settings(cfg["kubernetes"])
+    p = dict(cfg["prometheus"])
+    names, label = METRIC_SETS[p.pop("metric_names")]
+    source = PrometheusSource(p.pop("url"), metric_names=names, model_label=label, **p)
+    profile = resolve_model(scenario.model)
+    pcfg = scenario.planner_config()
+    planner = PlannerLoop(make_policy(pcfg, profile), pcfg)
+    metrics = cfg["metrics"]
+    port = args.metrics_port if args.metrics_port is not None else metrics["port"]
+    address = args.metrics_address or metrics["address"]
+    return PlannerDaemon(
+        planner,
+        source,
+        connector,
+        interval_s=pcfg.interval_s,
+        advisory=advisory,
+        metrics_address=address,
+        metrics_port=port,
+        decisions_path=Path(args.out) / "decisions.jsonl" if args.out else None,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    from live.driver import tick_line
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    cfg = load_config(args.config)
+    daemon = build_daemon(cfg, args)
+    port = daemon.start_metrics()
+    print(
+        f"planlab planner: {cfg['scenario'].planner.policy} every "
+        f"{daemon.driver.interval_s:g} s{' (advisory)' if daemon.driver.advisory else ''}; "
+        f"metrics on http://{daemon.metrics_address}:{port}/metrics",
+        flush=True,
+    )
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        limit = args.max_ticks
+
+        def on_record(record) -> None:
+            print(tick_line(record), flush=True)
+            if limit is not None and len(daemon.driver.records) >= limit:
+                stop.set()
+
+        daemon.on_record = on_record
+        await daemon.run(stop)
+
+    asyncio.run(serve())
+    print("planlab planner: stopped", flush=True)
+    return 0

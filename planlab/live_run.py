@@ -1,0 +1,331 @@
+"""`planlab run SCENARIO --live`: the scenario's workload streamed in real time to a real
+(or locally emulated) frontend while the planner loop runs against Prometheus and a
+connector; writes the same results directory as a simulated run."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from live.driver import PlannerDriver, TimelineSampler, gpu_seconds
+from live.loadgen import LoadGenerator
+from live.prometheus import METRIC_SETS, PrometheusSource
+from planlab.results import REQUEST_COLUMNS, TIMELINE_COLUMNS, compute_summary, default_run_dir
+from planlab.results import write_run as write_results
+from planlab.scenario import Scenario, load_scenario
+from planner import metrics as m
+from planner.errors import ConfigError
+from planner.loop import PlannerLoop
+from planner.policies.base import make_policy, validate_budget
+from planner.types import ReplicaState, RoleState
+
+log = logging.getLogger(__name__)
+
+RESULTS_ROOT = Path("results")
+
+
+def add_live_arguments(p: argparse.ArgumentParser) -> None:
+    """The --live flags of `planlab run`."""
+    g = p.add_argument_group("live mode (--live)")
+    g.add_argument("--live", action="store_true", help="drive a real or emulated cluster")
+    g.add_argument(
+        "--emulate",
+        action="store_true",
+        help="with --live: start the local emulated cluster and a real Prometheus",
+    )
+    g.add_argument("--frontend", metavar="URL", help="OpenAI-compatible frontend base URL")
+    g.add_argument("--prometheus", metavar="URL", help="Prometheus base URL")
+    g.add_argument("--model", help="model name sent in requests and matched in metrics")
+    g.add_argument(
+        "--metric-names",
+        choices=sorted(METRIC_SETS),
+        default="dynamo",
+        help="metric names the frontend exports (default dynamo; vllm for vLLM's own)",
+    )
+    g.add_argument("--kube-namespace", metavar="NS", help="namespace of the deployments")
+    g.add_argument("--prefill-deployment", metavar="NAME", help="prefill Deployment (or service)")
+    g.add_argument("--decode-deployment", metavar="NAME", help="decode Deployment (or service)")
+    g.add_argument("--dgd", metavar="NAME", help="scale a DynamoGraphDeployment of this name")
+    g.add_argument("--advisory", action="store_true", help="decide and record, never scale")
+
+
+class StaticConnector:
+    """The cluster as the scenario describes it, for a live run without a connector: state
+    reports the scenario's replicas, scale is refused (the run is advisory)."""
+
+    def __init__(self, scenario: Scenario):
+        c = scenario.cluster
+        self._state = ReplicaState(
+            prefill=RoleState(desired=c.prefill.replicas, ready=c.prefill.replicas),
+            decode=RoleState(desired=c.decode.replicas, ready=c.decode.replicas),
+        )
+
+    def state(self) -> ReplicaState:
+        return self._state
+
+    def scale(self, prefill: int, decode: int) -> bool:
+        return False
+
+
+@dataclass(frozen=True)
+class LiveTarget:
+    """Where a live run goes: the frontend, Prometheus, the connector, the model name."""
+
+    frontend_url: str
+    prometheus_url: str
+    connector: Any
+    model: str | None
+    metric_names: str = "dynamo"
+    emulated: bool = False
+
+
+@dataclass(frozen=True)
+class LiveOutcome:
+    out_dir: Path | None
+    summary: dict[str, Any]
+    requests: pd.DataFrame
+    timeline: pd.DataFrame
+    records: tuple
+
+
+def _requests_frame(rows: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=list(REQUEST_COLUMNS))
+    return df.sort_values("id", kind="stable").reset_index(drop=True)
+
+
+def _prometheus_total(source: PrometheusSource, t_s: float) -> float | None:
+    """Every request the frontend counted, as Prometheus last scraped it (a cross-check
+    for the load generator's own count)."""
+    try:
+        return source.current(m.REQUESTS_TOTAL, t_s)
+    except Exception as exc:  # a cross-check only
+        log.warning("could not read the request total from Prometheus: %s", exc)
+        return None
+
+
+async def run_live_scenario(
+    scenario: Scenario,
+    target: LiveTarget,
+    *,
+    profile,
+    requests,
+    advisory: bool = False,
+    settle_s: float | None = None,
+) -> LiveOutcome:
+    """Stream `requests` (sim.workload.Requests) to the frontend in real time, run the
+    planner every planner.interval against Prometheus and the connector, sample the
+    connector every scrape interval. Returns the frames; writes nothing."""
+    cfg = scenario.planner_config()
+    planner = PlannerLoop(make_policy(cfg, profile), cfg)
+    names, label = METRIC_SETS[target.metric_names]
+    source = PrometheusSource(
+        target.prometheus_url,
+        model=target.model,
+        metric_names=names,
+        model_label=label,
+        staleness_s=max(30.0, 5 * scenario.prometheus.scrape_interval_s),
+    )
+    gen = LoadGenerator(
+        target.frontend_url, model=target.model or "planlab-emulated", extensions=target.emulated
+    )
+    gpus_per = {
+        "prefill": scenario.cluster.prefill.gpus_per_replica,
+        "decode": scenario.cluster.decode.gpus_per_replica,
+    }
+    arrivals = np.asarray(requests.arrival_s, dtype=np.float64)
+    t0_epoch = time.time()
+    t0_perf = time.perf_counter()
+    driver = PlannerDriver(
+        planner,
+        source,
+        target.connector,
+        interval_s=cfg.interval_s,
+        advisory=advisory,
+        t0_epoch=t0_epoch,
+    )
+    sampler = TimelineSampler(
+        target.connector,
+        period_s=scenario.prometheus.scrape_interval_s,
+        gpus_per=gpus_per,
+        interval_s=cfg.interval_s,
+        t0_epoch=t0_epoch,
+        arrivals_until=lambda t: int(np.searchsorted(arrivals, t, side="right")),
+        prediction=lambda: driver.last_prediction,
+    )
+    stop = asyncio.Event()
+    background = [
+        asyncio.create_task(driver.run(stop), name="planner"),
+        asyncio.create_task(sampler.run(stop), name="timeline"),
+    ]
+    log.info(
+        "live run %s: %d requests over %.0f s to %s; planner every %.0f s%s",
+        scenario.name,
+        len(arrivals),
+        scenario.duration_s,
+        target.frontend_url,
+        cfg.interval_s,
+        " (advisory)" if advisory else "",
+    )
+    try:
+        load = await gen.run(requests, start_s=t0_perf)
+        stop.set()
+        await asyncio.gather(*background)
+    finally:
+        stop.set()
+        for task in background:
+            task.cancel()
+    wall_s = time.perf_counter() - t0_perf
+    # Let Prometheus scrape the final counts before the cross-check.
+    await asyncio.sleep(
+        settle_s if settle_s is not None else 2 * scenario.prometheus.scrape_interval_s
+    )
+    prom_total = await asyncio.to_thread(_prometheus_total, source, time.time())
+    source.close()
+
+    req = _requests_frame(load.rows())
+    timeline = pd.DataFrame(sampler.rows)
+    timeline = timeline.reindex(
+        columns=list(TIMELINE_COLUMNS) + [c for c in timeline.columns if c not in TIMELINE_COLUMNS]
+    )
+    summary = compute_summary(
+        req,
+        sla=scenario.sla,
+        duration_s=scenario.duration_s,
+        gpu_seconds=gpu_seconds(sampler.rows, gpus_per),
+        scaling_events=driver.scaling_events,
+        preemptions=0,
+        wall_s=wall_s,
+        policy=cfg.policy,
+        scenario_name=scenario.name,
+        extra={
+            "mode": "live-emulated" if target.emulated else "live",
+            "seed": scenario.seed,
+            "frontend": target.frontend_url,
+            "prometheus": target.prometheus_url,
+            "advisory": advisory,
+            "planner_ticks": len(driver.records),
+            "prometheus_requests_total": prom_total,
+            "output_tokens": load.output_tokens,
+        },
+    )
+    return LiveOutcome(None, summary, req, timeline, tuple(driver.records))
+
+
+def _connector_from_args(args: argparse.Namespace, scenario: Scenario):
+    kube = (args.kube_namespace, args.prefill_deployment, args.decode_deployment)
+    if args.dgd is None and not any(kube):
+        log.warning("no --kube-namespace/--dgd given: the run is advisory")
+        return StaticConnector(scenario), True
+    if not all(kube) and args.dgd is None:
+        raise ConfigError(
+            "--kube-namespace, --prefill-deployment and --decode-deployment go together; "
+            f"got namespace={args.kube_namespace!r}, prefill={args.prefill_deployment!r}, "
+            f"decode={args.decode_deployment!r}",
+            key="--kube-namespace",
+        )
+    if args.dgd is not None and not (
+        args.kube_namespace and args.prefill_deployment and args.decode_deployment
+    ):
+        raise ConfigError(
+            "--dgd needs --kube-namespace and the DGD's service names in "
+            "--prefill-deployment and --decode-deployment",
+            key="--dgd",
+        )
+    from live.kubernetes import KubernetesConnector
+
+    conn = KubernetesConnector(
+        args.kube_namespace,
+        args.prefill_deployment,
+        args.decode_deployment,
+        mode="dgd" if args.dgd else "deployment",
+        dgd_name=args.dgd,
+        startup_timeout_s=max(
+            600.0, 3 * max(scenario.cluster.prefill.startup_s, scenario.cluster.decode.startup_s)
+        ),
+    )
+    return conn, args.advisory
+
+
+async def _live_main(args, scenario: Scenario, profile, requests) -> LiveOutcome:
+    if args.emulate:
+        from live.emulator.launch import start_emulated_cluster
+
+        async with start_emulated_cluster(scenario, profile=profile, prometheus=True) as h:
+            target = LiveTarget(
+                frontend_url=h.frontend_url,
+                prometheus_url=h.prometheus_url,
+                connector=h.connector,
+                model=h.model,
+                emulated=True,
+            )
+            return await run_live_scenario(
+                scenario, target, profile=profile, requests=requests, advisory=args.advisory
+            )
+    connector, advisory = _connector_from_args(args, scenario)
+    target = LiveTarget(
+        frontend_url=args.frontend,
+        prometheus_url=args.prometheus,
+        connector=connector,
+        model=args.model,
+        metric_names=args.metric_names,
+    )
+    return await run_live_scenario(
+        scenario, target, profile=profile, requests=requests, advisory=advisory
+    )
+
+
+def check_live_args(args: argparse.Namespace) -> None:
+    if args.emulate:
+        clash = [f for f in ("frontend", "prometheus", "kube_namespace", "dgd") if getattr(args, f)]
+        if clash:
+            raise ConfigError(
+                f"--emulate starts its own cluster; drop --{clash[0].replace('_', '-')}",
+                key="--emulate",
+            )
+        return
+    missing = [f"--{f}" for f in ("frontend", "prometheus") if not getattr(args, f)]
+    if missing:
+        raise ConfigError(
+            f"--live needs {' and '.join(missing)} (or --emulate for a local emulated cluster)",
+            key="--live",
+        )
+
+
+def run_live(args: argparse.Namespace, overrides: dict[str, str] | None = None) -> LiveOutcome:
+    """The `--live` branch of `planlab run`: validate, run, write results/<run>/."""
+    from planlab.profiles import resolve_model
+    from sim.workload import generate
+
+    check_live_args(args)
+    scenario = load_scenario(args.scenario, overrides or None)
+    if scenario.workload.closed_loop is not None:
+        raise ConfigError(
+            "a closed-loop workload cannot be replayed live yet; use arrival or trace",
+            source=str(scenario.source) if scenario.source else None,
+            key="workload.closed_loop",
+        )
+    profile = resolve_model(scenario.model)
+    cfg = scenario.planner_config()
+    validate_budget(cfg)
+    requests = generate(scenario.workload, scenario.duration_s, scenario.seed)
+    out_dir = (
+        Path(args.out)
+        if args.out
+        else default_run_dir(RESULTS_ROOT, scenario.name, f"{cfg.policy}-live", datetime.now())
+    )
+    # Ctrl-C lands here as KeyboardInterrupt after asyncio.run has cancelled the tasks and
+    # the emulator and Prometheus have stopped; nothing has been written yet.
+    outcome = asyncio.run(_live_main(args, scenario, profile, requests))
+    path = write_results(
+        out_dir, outcome.requests, outcome.timeline, outcome.records, outcome.summary, scenario
+    )
+    return LiveOutcome(path, outcome.summary, outcome.requests, outcome.timeline, outcome.records)
