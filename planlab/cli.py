@@ -13,7 +13,7 @@ import sys
 from planner.errors import ConfigError
 
 # One line per subcommand; each module defines register(subparsers) setting `func`.
-COMMANDS = ("decide", "profile", "run", "emulate", "report", "compare", "planner")
+COMMANDS = ("decide", "profile", "run", "emulate", "report", "compare", "planner", "sweep")
 
 EPILOG = """examples:
   planlab run scenarios/quickstart.yaml
