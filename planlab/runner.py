@@ -16,7 +16,7 @@ import pandas as pd
 
 from planlab.results import TIMELINE_COLUMNS, compute_summary, default_run_dir, write_run
 from planlab.scenario import Scenario
-from sim.simulate import STATUS_FAILED, STATUS_SUCCESS, SimOptions, SimResult, simulate
+from sim.simulate import ERRORS, STATUS_FAILED, STATUS_SUCCESS, SimOptions, SimResult, simulate
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,8 @@ def requests_frame(result: SimResult) -> pd.DataFrame:
     with np.errstate(invalid="ignore", divide="ignore"):
         tpot_ms = np.where(ok & (osl > 1), (finish - first) / (osl - 1) * 1000.0, np.nan)
     names = np.array(["in_flight", "ok", "failed"], dtype=object)
-    err = np.where(status == STATUS_FAILED, "worker lost or request exceeds KV capacity", "")
+    err = np.array(ERRORS, dtype=object)[c["error"]]
+    err = np.where(status == STATUS_FAILED, err, "")
 
     def worker(col: str) -> pd.Series:
         return pd.Series(c[col], dtype="Int64").mask(c[col] < 0)

@@ -300,7 +300,7 @@ class DecodeWorker(Worker):
                     # cannot fit even alone (checked at routing, so only after growth)
                     waiting.popleft()
                     self.inflight -= 1
-                    self.sim.fail(req, "decode", "exceeds KV capacity")
+                    self.sim.fail(req, "decode", "ISL + OSL exceed a decode worker's KV capacity")
                     continue
                 break
             waiting.popleft()

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 STATUS_IN_FLIGHT, STATUS_SUCCESS, STATUS_FAILED = 0, 1, 2
 STATUS_NAMES = ("in_flight", "success", "failed")
+# Why a request failed, by code in the `error` column (0: it did not fail).
+ERRORS = ("", "ISL + OSL exceed a decode worker's KV capacity", "its worker died")
 DEFAULT_PREFILL_BUDGET = 16384
 MAX_RETRIES = 3
 
@@ -76,7 +78,16 @@ class _RequestLog:
     """Per-request outcome columns, preallocated (grown by doubling for the closed loop)."""
 
     FLOAT = ("arrival_s", "first_token_s", "finish_s")
-    INT = ("isl", "osl", "prefill_worker", "decode_worker", "status", "preemptions", "retries")
+    INT = (
+        "isl",
+        "osl",
+        "prefill_worker",
+        "decode_worker",
+        "status",
+        "preemptions",
+        "retries",
+        "error",
+    )
 
     def __init__(self, capacity: int):
         self.n = 0
@@ -97,10 +108,12 @@ class _RequestLog:
             grown[:cap] = arr
             self.cols[name] = grown
 
-    def finish(self, req: Req, status: int, now: float) -> None:
+    def finish(self, req: Req, status: int, now: float, error: int = 0) -> None:
         c = self.cols
         i = req.idx
         c["status"][i] = status
+        if error:
+            c["error"][i] = error
         c["finish_s"][i] = now
         if req.first_token_s >= 0:
             c["first_token_s"][i] = req.first_token_s
@@ -198,7 +211,7 @@ class Simulation:
         self.arrived += 1
         self.arrivals_since_scrape += 1
         if req.isl + req.osl > self.timing.max_kv_tokens:
-            self.fail(req, "frontend", "ISL + OSL exceed a decode worker's KV capacity")
+            self.fail(req, "frontend", ERRORS[1])
             return
         self.route_prefill(req)
 
@@ -243,7 +256,7 @@ class Simulation:
     def fail(self, req: Req, where: str, why: str) -> None:
         log.debug("t=%.3f request %d failed at %s: %s", self.env.now, req.idx, where, why)
         self.failed += 1
-        self.log.finish(req, STATUS_FAILED, self.env.now)
+        self.log.finish(req, STATUS_FAILED, self.env.now, ERRORS.index(why) if why in ERRORS else 1)
         self.metrics.requests["error"] += 1
         self._after_finish(req)
 
@@ -278,7 +291,7 @@ class Simulation:
     def _lost(self, req: Req) -> None:
         mode = self.fault_mode.get("prefill" if req.decode_worker < 0 else "decode", "retry")
         if mode == "fail" or req.retries >= MAX_RETRIES:
-            self.fail(req, "worker", "its worker died")
+            self.fail(req, "worker", ERRORS[2])
             return
         # Retry from the frontend: the lost KV is recomputed by a prefill of every token so far.
         req.retries += 1
