@@ -30,6 +30,33 @@ class HistogramDelta:
     def quantile(self, q: float) -> float | None:
         return histogram_quantile(q, self.upper_bounds, self.cumulative)
 
+    def cv(self) -> float | None:
+        """Coefficient of variation, from each bucket's geometric midpoint (the +Inf bucket
+        counts at its lower bound); scaled so the mean equals sum/count. None when empty."""
+        mean = self.mean
+        if mean is None or mean <= 0 or not self.upper_bounds:
+            return None
+        counts, lo, second, total = [], 0.0, 0.0, 0.0
+        prev = 0.0
+        for i, c in enumerate(self.cumulative):
+            n = max(0.0, c - prev)
+            prev = max(prev, c)
+            if i < len(self.upper_bounds):
+                hi = self.upper_bounds[i]
+                mid = math.sqrt(lo * hi) if lo > 0 else hi / 2
+                lo = hi
+            else:
+                mid = self.upper_bounds[-1]
+            counts.append(n)
+            total += n * mid
+            second += n * mid * mid
+        n_all = sum(counts)
+        if n_all <= 0 or total <= 0:
+            return None
+        m = total / n_all
+        var = max(0.0, second / n_all - m * m)
+        return math.sqrt(var) / m
+
 
 def histogram_quantile(
     q: float, upper_bounds: tuple[float, ...], cumulative: tuple[float, ...]
@@ -111,6 +138,7 @@ class Observation:
     request_duration_mean_s: float | None
     inflight: float | None = None
     queued: float | None = None
+    isl_cv: float | None = None
     missing: tuple[str, ...] = field(default_factory=tuple)
     errors: tuple[str, ...] = field(default_factory=tuple)
 
@@ -161,6 +189,7 @@ def build_observation(stats: WindowStats) -> Observation:
         request_duration_mean_s=mean(stats.duration_s),
         inflight=_finite(stats.inflight),
         queued=_finite(stats.queued),
+        isl_cv=None if stats.isl_tokens is None else _finite(stats.isl_tokens.cv()),
     )
     missing: list[str] = []
     if num_req is None:

@@ -5,11 +5,14 @@ Per tick and role:
 1. Forecast the request rate at every interval up to one startup time ahead (the startup
    the connector measured, else the configured one), plus headroom from the predictor's own
    upper quantile; capacity asked for now only serves after that startup.
-2. Size prefill from a queueing model of the TTFT tail: each replica an M/G/1 queue with
-   service time E[S] = ISL / tokens-per-s (profile), exponential waiting tail
-   P(W > t) ~ rho * exp(-t / E[W | W > 0]), E[W | W > 0] = E[S] (1 + cs^2) / (2 (1 - rho))
-   (Pollaczek-Khinchine mean; Kingman's heavy-traffic tail). TTFT = W + prefill time at
-   the ISL + KV transfer; the fewest replicas whose tail miss is within budget.
+2. Size prefill from a queueing model of the TTFT tail: each replica an M/G/1 queue whose
+   work per request is ISL / tokens-per-s (profile), Gamma-distributed with the ISL's
+   observed CV, fed every c-th request by a round-robin router (Gamma(c) inter-arrival
+   times); the waiting time has the Cramer-Lundberg tail P(W > x) ~ rho exp(-g x), where
+   g solves E[exp(gS)] E[exp(-gA)] = 1 (Lindley's equation; exact for M/M/1). TTFT = W + the request's own prefill time at
+   its ISL (averaged over the ISL distribution) + KV transfer. The fewest replicas whose
+   queueing adds at most the TTFT share of the miss budget to the misses that no number
+   of replicas removes (prompts too long for the target on their own).
 3. Size decode from the ITL the profile gives at the KV usage and context the load implies:
    in-flight requests per replica ~ Poisson(lambda * OSL * ITL / D) (M/G/inf per replica);
    the fewest replicas whose concurrency quantile stays within the batch that still meets
@@ -27,6 +30,7 @@ which rule applied.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 from statistics import NormalDist
@@ -40,7 +44,6 @@ from planner.types import Decision, PlannerConfig, ReplicaState
 DEFAULTS: dict[str, float] = {
     "headroom_quantile": 0.9,  # upper quantile of the load forecast to plan for
     "ttft_miss_share": 0.5,  # share of the SLA miss budget given to the TTFT tail
-    "service_cv2": 1.0,  # squared CV of prefill service times (ISL spread); 1 = M/M/1
     "decode_z": 1.28,  # concurrency quantile (z-score) a decode replica must absorb
     "correction_alpha": 0.5,  # EMA weight of a new correction ratio
     "correction_min": 0.7,
@@ -54,6 +57,54 @@ DEFAULTS: dict[str, float] = {
     "max_rho": 0.95,  # never plan a replica above this utilisation
     "kv_transfer_ms": 0.0,  # added to TTFT (the sim sets it from the model's KV bytes)
 }
+
+
+# Standard-normal quantiles at the midpoints of 32 equal-probability slices.
+_Z_GRID = tuple(NormalDist().inv_cdf((i + 0.5) / 32) for i in range(32))
+
+
+def _wait_tail(lam: float, mean_s: float, cv2: float, shape: int) -> tuple[float, float] | None:
+    """(C, g) with P(W > x) ~ C exp(-g x) for one replica's FIFO queue (Cramer-Lundberg /
+    Lindley): arrivals at `lam` req/s with Gamma(shape) inter-arrival times (a round-robin
+    router hands each of c replicas every c-th request of a Poisson stream: shape = c;
+    shape 1 is Poisson), service ~ Gamma(mean_s, cv2) or deterministic when cv2 ~ 0.
+    g > 0 solves E[exp(gS)] E[exp(-gA)] = 1; C = rho (exact for M/M/1). None if unstable."""
+    rho = lam * mean_s
+    if not 0 < rho < 1:
+        return None
+    rate = lam * shape  # each of the `shape` exponential phases of an inter-arrival
+
+    def log_arrival(g: float) -> float:
+        return shape * math.log(rate / (rate + g))
+
+    if cv2 < 1e-6:
+
+        def log_service(g: float) -> float:
+            return g * mean_s
+
+        hi = 1.0 / mean_s
+        while log_service(hi) + log_arrival(hi) <= 0:
+            hi *= 2
+    else:
+        theta, k = mean_s * cv2, 1.0 / cv2
+
+        def log_service(g: float) -> float:
+            return -k * math.log1p(-g * theta)
+
+        hi = (1 - 1e-12) / theta
+    lo = 0.0
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        if log_service(mid) + log_arrival(mid) > 0:
+            hi = mid
+        else:
+            lo = mid
+    g = (lo + hi) / 2
+    return (rho, g) if g > 0 else None
+
+
+def _with_ttft(cfg: PlannerConfig, ttft_ms: float) -> PlannerConfig:
+    return dataclasses.replace(cfg, ttft_ms=ttft_ms)
 
 
 def _poisson_quantile_normal(mean: float, z: float) -> float:
@@ -79,51 +130,81 @@ class SlaPlanPolicy:
         self.eps_itl = miss * (1.0 - self.opt["ttft_miss_share"])
         self.p_corr = 1.0  # multiplies prefill service time
         self.d_corr = 1.0  # multiplies decode ITL
+        self.isl_cv = float(cfg.option("isl_cv", 0.5))
+        # How the frontend spreads requests over prefill replicas (round_robin: each gets
+        # every c-th; anything else is modelled as Poisson splitting, the safe side).
+        self.router = str(cfg.option("router", "round_robin"))  # updated from the ISL histogram
         self.last_isl: float | None = None
         self.last_osl: float | None = None
         self.idle_since: float | None = None
+        self.last_inflight: float | None = None
         self.history: dict[str, deque[tuple[float, int]]] = {"prefill": deque(), "decode": deque()}
         self.last_up: dict[str, float] = {"prefill": -math.inf, "decode": -math.inf}
 
     # ------------------------------------------------------------------ the models
 
     def prefill_service_s(self, isl: float) -> float:
-        """Mean service time of one request on one replica (throughput-based), corrected."""
+        """Mean work one request puts on a replica (throughput-based), corrected."""
         tps = float(self.profile.prefill_thpt_per_gpu_at(isl)) * self.cfg.gpus_per_prefill
         return isl / tps * self.p_corr
 
-    def prefill_ttft_floor_ms(self, isl: float) -> float:
-        return (
-            float(self.profile.prefill_ttft_ms_at(isl)) * self.p_corr + self.opt["kv_transfer_ms"]
-        )
+    def _own_ttft_ms(self, isl: float) -> list[float]:
+        """A request's own prefill time (no queueing) at ISL quantiles of a lognormal with
+        the observed CV: the part of TTFT that capacity cannot remove."""
+        cv = self.isl_cv
+        sigma = math.sqrt(math.log1p(cv * cv))
+        mu = math.log(isl) - sigma * sigma / 2
+        out = []
+        for z in _Z_GRID:
+            x = math.exp(mu + sigma * z)
+            out.append(
+                float(self.profile.prefill_ttft_ms_at(x)) * self.p_corr + self.opt["kv_transfer_ms"]
+            )
+        return out
 
     def prefill_miss(self, replicas: int, rate: float, isl: float) -> float:
-        """P(TTFT > target) with `replicas` M/G/1 queues sharing `rate` req/s."""
+        """P(TTFT > target) with `replicas` M/G/1 queues sharing `rate` req/s: waiting time
+        from the Cramer-Lundberg tail of M/G/1 (service ~ Gamma with the ISL's CV), plus the
+        request's own prefill time averaged over the ISL distribution."""
         if replicas <= 0:
             return 1.0
         s = self.prefill_service_s(isl)
-        rho = rate * s / replicas
+        lam = rate / replicas
+        rho = lam * s
         if rho >= 1.0:
             return 1.0
-        if rho <= 0:
-            return 0.0
-        budget_s = (self.cfg.ttft_ms - self.prefill_ttft_floor_ms(isl)) / 1000.0
-        if budget_s <= 0:
-            return 1.0
-        mean_wait_busy = s * (1.0 + self.opt["service_cv2"]) / (2.0 * (1.0 - rho))
-        return min(1.0, rho * math.exp(-budget_s / mean_wait_busy))
+        shape = replicas if self.router == "round_robin" else 1
+        tail = _wait_tail(lam, s, self.isl_cv**2, shape) if rho > 0 else None
+        budget_ms = self.cfg.ttft_ms
+        total = 0.0
+        for own in self._own_ttft_ms(isl):
+            slack_s = (budget_ms - own) / 1000.0
+            if slack_s < 0:
+                total += 1.0
+            elif tail is not None:
+                c, g = tail
+                total += min(rho, c * math.exp(-g * slack_s))
+        return total / len(_Z_GRID)
+
+    def prefill_floor_miss(self, isl: float) -> float:
+        """P(TTFT > target) with unlimited replicas: requests too long to meet it alone."""
+        return sum(1.0 for own in self._own_ttft_ms(isl) if own > self.cfg.ttft_ms) / len(_Z_GRID)
 
     def prefill_ttft_quantile_ms(self, replicas: int, rate: float, isl: float, q: float) -> float:
-        """The model's q-quantile of TTFT (what the correction compares with)."""
-        s = self.prefill_service_s(isl)
-        rho = rate * s / max(1, replicas)
-        floor = self.prefill_ttft_floor_ms(isl)
-        if rho >= 1.0:
-            return math.inf
-        if rho <= 1.0 - q:
-            return floor
-        mean_wait_busy = s * (1.0 + self.opt["service_cv2"]) / (2.0 * (1.0 - rho))
-        return floor + 1000.0 * mean_wait_busy * math.log(rho / (1.0 - q))
+        """The model's q-quantile of TTFT (bisection on prefill_miss over the target)."""
+        saved = self.cfg
+        lo, hi = 0.0, 60_000.0
+        try:
+            for _ in range(40):
+                mid = (lo + hi) / 2
+                self.cfg = _with_ttft(saved, mid)
+                if self.prefill_miss(replicas, rate, isl) > 1.0 - q:
+                    lo = mid
+                else:
+                    hi = mid
+        finally:
+            self.cfg = saved
+        return hi if hi < 60_000.0 else math.inf
 
     def decode_limit(self, isl: float, osl: float) -> tuple[float, float, float]:
         """(max in-flight per replica meeting the corrected ITL target, its ITL ms, context)."""
@@ -148,10 +229,13 @@ class SlaPlanPolicy:
         z = (n_max + 0.5 - mean) / math.sqrt(mean)
         return 1.0 - NormalDist().cdf(z)
 
-    def prefill_needed(self, rate: float, isl: float, max_replicas: int = 4096) -> int:
+    def prefill_needed(self, rate: float, isl: float, max_replicas: int = 1024) -> int:
+        """Fewest replicas whose queueing adds at most eps_ttft misses to the floor that
+        requests too long for the target miss anyway."""
         s = self.prefill_service_s(isl)
         c = max(1, math.ceil(rate * s / self.opt["max_rho"]))
-        while c < max_replicas and self.prefill_miss(c, rate, isl) > self.eps_ttft:
+        allowed = self.prefill_floor_miss(isl) + self.eps_ttft
+        while c < max_replicas and self.prefill_miss(c, rate, isl) > allowed:
             c += 1
         return c
 
@@ -197,13 +281,29 @@ class SlaPlanPolicy:
             )
         self.idle_since = None
 
+        # The request counter counts finished requests, which an overloaded cluster caps at
+        # its capacity: arrivals = finished + growth of the in-flight gauge.
+        arrivals = obs.num_req
+        if obs.inflight is not None and self.last_inflight is not None:
+            arrivals = max(obs.num_req, obs.num_req + obs.inflight - self.last_inflight)
+        backlog_rate = 0.0
+        if obs.queued is not None and obs.queued > 0:
+            backlog_rate = obs.queued / obs.interval_s  # drain what waits within one interval
+        self.last_inflight = obs.inflight
         self.last_isl, self.last_osl = obs.isl_mean, obs.osl_mean
+        if obs.isl_cv is not None and obs.num_req >= self.opt["correction_min_requests"]:
+            self.isl_cv = 0.5 * self.isl_cv + 0.5 * obs.isl_cv
         lines: list[str] = []
         if cfg.correction:
             self._correct(obs, state, lines)
-        self.num_req_pred.observe(obs.num_req)
+        self.num_req_pred.observe(arrivals)
         self.isl_pred.observe(obs.isl_mean)
         self.osl_pred.observe(obs.osl_mean)
+        if arrivals > obs.num_req or backlog_rate:
+            lines.append(
+                f"arrivals {arrivals:.0f} (finished {obs.num_req:.0f} + in-flight growth); "
+                f"{obs.queued or 0:.0f} queued -> +{backlog_rate:.2f} req/s to drain"
+            )
 
         isl = self.isl_pred.predict() or obs.isl_mean
         osl = self.osl_pred.predict() or obs.osl_mean
@@ -212,7 +312,7 @@ class SlaPlanPolicy:
             startup = st.startup_estimate_s
             if startup is None:
                 startup = cfg.startup_prefill_s if role == "prefill" else cfg.startup_decode_s
-            rates[role] = self._rate_ahead(startup, lines, role)
+            rates[role] = self._rate_ahead(startup, lines, role) + backlog_rate
 
         p_need = self.prefill_needed(rates["prefill"], isl)
         d_need = self.decode_needed(rates["decode"], isl, osl)
