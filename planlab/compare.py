@@ -604,7 +604,7 @@ def write_outputs(df: pd.DataFrame, out_dir: Path) -> None:
     plots_dir.mkdir(exist_ok=True)
     _write_text(
         out_dir / "compare.csv",
-        df.to_csv(index=False, float_format="%.6f", lineterminator="\n"),
+        df.to_csv(index=False, lineterminator="\n"),
     )
     pngs = [("Cost vs SLA attainment", plot_pareto(df, plots_dir))]
     for scenario in dict.fromkeys(df["scenario"]):

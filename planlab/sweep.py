@@ -201,9 +201,7 @@ def sweep(
         [{**point, **row} for point, row in zip(points, rows, strict=True)],
         columns=keys + list(RESULT_COLUMNS),
     )
-    _write_text(
-        out_dir / "sweep.csv", df.to_csv(index=False, float_format="%.6f", lineterminator="\n")
-    )
+    _write_text(out_dir / "sweep.csv", df.to_csv(index=False, lineterminator="\n"))
     if len(keys) <= 2:
         plot_sweep(df, axes, out_dir / "plots")
     else:
