@@ -179,17 +179,17 @@ async def run_live_scenario(
         load = await gen.run(requests, start_s=t0_perf)
         stop.set()
         await asyncio.gather(*background)
+        wall_s = time.perf_counter() - t0_perf
+        # Let Prometheus scrape the final counts before the cross-check.
+        await asyncio.sleep(
+            settle_s if settle_s is not None else 2 * scenario.prometheus.scrape_interval_s
+        )
+        prom_total = await asyncio.to_thread(_prometheus_total, source, time.time())
     finally:
         stop.set()
         for task in background:
             task.cancel()
-    wall_s = time.perf_counter() - t0_perf
-    # Let Prometheus scrape the final counts before the cross-check.
-    await asyncio.sleep(
-        settle_s if settle_s is not None else 2 * scenario.prometheus.scrape_interval_s
-    )
-    prom_total = await asyncio.to_thread(_prometheus_total, source, time.time())
-    source.close()
+        source.close()
 
     req = _requests_frame(load.rows())
     timeline = pd.DataFrame(sampler.rows)
