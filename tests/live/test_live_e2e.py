@@ -98,3 +98,54 @@ def test_gpu_hours_integrate_the_timeline(run):
     got_s = summary["gpu_hours"]["prefill"]["total"] * 3600
     assert got_s == pytest.approx(expected_s, abs=2.0)
     assert summary["gpu_hours"]["prefill"]["startup"] * 3600 == pytest.approx(STARTUP_S, abs=1.5)
+
+
+def test_gpu_seconds_by_hand():
+    from live.driver import gpu_seconds
+
+    def row(t, ready, starting=0, draining=0):
+        return {
+            "t_s": t,
+            "prefill_ready": ready,
+            "prefill_starting": starting,
+            "prefill_draining": draining,
+            "decode_ready": 1,
+            "decode_starting": 0,
+            "decode_draining": 0,
+        }
+
+    # A sample's state holds until the next sample (the first one also from t=0):
+    # 0-5 s: 1 ready; 5-7 s: 1 ready + 1 starting; 7-8 s: 1 ready + 1 draining.
+    # Prefill engines have 2 GPUs each.
+    rows = [row(2, 1), row(5, 1, starting=1), row(7, 1, draining=1), row(8, 2)]
+    got = gpu_seconds(rows, {"prefill": 2, "decode": 1})
+    assert got["prefill"] == {"startup": 2 * 2, "serving": 2 * 8, "drain": 2 * 1}
+    assert got["decode"]["serving"] == 8
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--live"], "--frontend and --prometheus"),
+        (["--live", "--emulate", "--frontend", "http://x"], "drop --frontend"),
+        (
+            [
+                "--live",
+                "--frontend",
+                "http://127.0.0.1:1",
+                "--prometheus",
+                "http://127.0.0.1:1",
+                "--kube-namespace",
+                "llm",
+            ],
+            "go together",
+        ),
+    ],
+)
+def test_live_flags_are_checked(argv, needle, capsys):
+    from live_step import SCENARIO
+
+    from planlab.cli import main
+
+    assert main(["run", str(SCENARIO), *argv, "--no-report"]) == 2
+    assert needle in capsys.readouterr().err
