@@ -285,6 +285,8 @@ class Scenario:
             correction=p.correction,
             startup_prefill_s=self.cluster.prefill.startup_s,
             startup_decode_s=self.cluster.decode.startup_s,
+            kv_bandwidth_gbps=self.cluster.kv_transfer.bandwidth_gbps,
+            kv_latency_ms=self.cluster.kv_transfer.latency_ms,
             options=tuple(sorted(p.options.items())),
         )
 

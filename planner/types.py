@@ -67,6 +67,9 @@ class PlannerConfig:
     correction: bool = True
     startup_prefill_s: float = 0.0
     startup_decode_s: float = 0.0
+    # Link between prefill and decode (KV cache transfer), when the policy should count it.
+    kv_bandwidth_gbps: float | None = None
+    kv_latency_ms: float = 0.0
     # Policy-specific settings (threshold, slaplan, static counts), as (key, value) pairs.
     options: tuple[tuple[str, Any], ...] = ()
 

@@ -43,7 +43,10 @@ from planner.types import Decision, PlannerConfig, ReplicaState
 
 DEFAULTS: dict[str, float] = {
     "headroom_quantile": 0.9,  # upper quantile of the load forecast to plan for
-    "ttft_miss_share": 0.5,  # share of the SLA miss budget given to the TTFT tail
+    # Share of the SLA miss budget given to the TTFT tail; decode is sized with headroom
+    # (decode_z) and a request's TPOT averages its ITL over many batches, so few requests
+    # miss ITL and most of the budget goes to TTFT.
+    "ttft_miss_share": 0.8,
     "decode_z": 1.28,  # concurrency quantile (z-score) a decode replica must absorb
     "correction_alpha": 0.5,  # EMA weight of a new correction ratio
     "correction_min": 0.7,
@@ -51,23 +54,39 @@ DEFAULTS: dict[str, float] = {
     "correction_min_requests": 30,  # fewer requests in the window: no update
     "scale_down_window_s": 180.0,
     "min_lifetime_s": 0.0,  # no scale-down this soon after a scale-up (0: one interval)
-    "max_step_up_fraction": 1.0,  # per tick: + max(2, 100% of current)
+    "max_step_up_fraction": 2.0,  # per tick: + max(4, 200% of current)
     "max_step_down_fraction": 0.5,  # per tick: - max(1, 50% of current)
     "idle_grace_s": 300.0,
     "max_rho": 0.95,  # never plan a replica above this utilisation
-    "kv_transfer_ms": 0.0,  # added to TTFT (the sim sets it from the model's KV bytes)
+    "kv_transfer_ms": 0.0,
+    "dispersion_window": 12,  # intervals of arrival counts behind the burstiness estimate  # added to TTFT (the sim sets it from the model's KV bytes)
 }
 
 
+# KV bytes per token when the profile does not say (Llama-3.1-8B, bf16 KV cache).
+DEFAULT_KV_BYTES_PER_TOKEN = 131072.0
+
+
 # Standard-normal quantiles at the midpoints of 32 equal-probability slices.
-_Z_GRID = tuple(NormalDist().inv_cdf((i + 0.5) / 32) for i in range(32))
+def _tail_grid() -> tuple[tuple[float, float], ...]:
+    """(z, weight) pairs: probability slices that get finer toward the upper tail, since
+    the SLA is about the 1% of requests with the longest prompts."""
+    edges = [0.0, 0.25, 0.5, 0.7, 0.8, 0.9]
+    edges += [0.9 + 0.01 * i for i in range(1, 10)]
+    edges += [0.99 + 0.001 * i for i in range(1, 10)]
+    edges += [0.999, 0.9995, 0.9999, 1.0]
+    dist = NormalDist()
+    return tuple((dist.inv_cdf((a + b) / 2), b - a) for a, b in zip(edges, edges[1:], strict=False))
 
 
-def _wait_tail(lam: float, mean_s: float, cv2: float, shape: int) -> tuple[float, float] | None:
+_Z_GRID = _tail_grid()
+
+
+def _wait_tail(lam: float, mean_s: float, cv2: float, shape: float) -> tuple[float, float] | None:
     """(C, g) with P(W > x) ~ C exp(-g x) for one replica's FIFO queue (Cramer-Lundberg /
-    Lindley): arrivals at `lam` req/s with Gamma(shape) inter-arrival times (a round-robin
-    router hands each of c replicas every c-th request of a Poisson stream: shape = c;
-    shape 1 is Poisson), service ~ Gamma(mean_s, cv2) or deterministic when cv2 ~ 0.
+    Lindley): arrivals at `lam` req/s with Gamma(shape) inter-arrival times, squared CV
+    1/shape (shape 1 is Poisson; a round-robin router hands each of c replicas every c-th
+    request, which multiplies the shape by c; bursty traffic has shape < 1), service ~ Gamma(mean_s, cv2) or deterministic when cv2 ~ 0.
     g > 0 solves E[exp(gS)] E[exp(-gA)] = 1; C = rho (exact for M/M/1). None if unstable."""
     rho = lam * mean_s
     if not 0 < rho < 1:
@@ -130,10 +149,14 @@ class SlaPlanPolicy:
         self.eps_itl = miss * (1.0 - self.opt["ttft_miss_share"])
         self.p_corr = 1.0  # multiplies prefill service time
         self.d_corr = 1.0  # multiplies decode ITL
-        self.isl_cv = float(cfg.option("isl_cv", 0.5))
+        self.isl_cv = float(cfg.option("isl_cv", 0.5))  # updated from the ISL histogram
+        # Burstiness of arrivals (squared CV of inter-arrival times), estimated from the
+        # dispersion of per-interval arrival counts; 1 for Poisson.
+        self.arrival_cv2 = 1.0
+        self.counts: deque[float] = deque(maxlen=int(self.opt["dispersion_window"]))
         # How the frontend spreads requests over prefill replicas (round_robin: each gets
         # every c-th; anything else is modelled as Poisson splitting, the safe side).
-        self.router = str(cfg.option("router", "round_robin"))  # updated from the ISL histogram
+        self.router = str(cfg.option("router", "round_robin"))
         self.last_isl: float | None = None
         self.last_osl: float | None = None
         self.idle_since: float | None = None
@@ -154,12 +177,18 @@ class SlaPlanPolicy:
         cv = self.isl_cv
         sigma = math.sqrt(math.log1p(cv * cv))
         mu = math.log(isl) - sigma * sigma / 2
+        # After prefill: the KV cache crosses the link, then the first decode step emits
+        # the first token (at a typical ITL of a loaded decode engine).
+        kv_bytes = self.profile.kv_bytes_per_token or DEFAULT_KV_BYTES_PER_TOKEN
+        bw = self.cfg.kv_bandwidth_gbps
+        per_token_ms = 0.0 if not bw else kv_bytes / (bw * 1e9 / 8) * 1000.0
+        first_step_ms = float(self.profile.decode_itl_ms_at(0.5, isl))
+        fixed_ms = self.cfg.kv_latency_ms + first_step_ms
         out = []
-        for z in _Z_GRID:
+        for z, _ in _Z_GRID:
             x = math.exp(mu + sigma * z)
-            out.append(
-                float(self.profile.prefill_ttft_ms_at(x)) * self.p_corr + self.opt["kv_transfer_ms"]
-            )
+            prefill_ms = float(self.profile.prefill_ttft_ms_at(x)) * self.p_corr
+            out.append(prefill_ms + x * per_token_ms + fixed_ms)
         return out
 
     def prefill_miss(self, replicas: int, rate: float, isl: float) -> float:
@@ -173,22 +202,23 @@ class SlaPlanPolicy:
         rho = lam * s
         if rho >= 1.0:
             return 1.0
-        shape = replicas if self.router == "round_robin" else 1
+        shape = (replicas if self.router == "round_robin" else 1) / self.arrival_cv2
         tail = _wait_tail(lam, s, self.isl_cv**2, shape) if rho > 0 else None
         budget_ms = self.cfg.ttft_ms
         total = 0.0
-        for own in self._own_ttft_ms(isl):
+        for own, (_, weight) in zip(self._own_ttft_ms(isl), _Z_GRID, strict=True):
             slack_s = (budget_ms - own) / 1000.0
             if slack_s < 0:
-                total += 1.0
+                total += weight
             elif tail is not None:
                 c, g = tail
-                total += min(rho, c * math.exp(-g * slack_s))
-        return total / len(_Z_GRID)
+                total += weight * min(rho, c * math.exp(-g * slack_s))
+        return total
 
     def prefill_floor_miss(self, isl: float) -> float:
         """P(TTFT > target) with unlimited replicas: requests too long to meet it alone."""
-        return sum(1.0 for own in self._own_ttft_ms(isl) if own > self.cfg.ttft_ms) / len(_Z_GRID)
+        owns = self._own_ttft_ms(isl)
+        return sum(w for own, (_, w) in zip(owns, _Z_GRID, strict=True) if own > self.cfg.ttft_ms)
 
     def prefill_ttft_quantile_ms(self, replicas: int, rate: float, isl: float, q: float) -> float:
         """The model's q-quantile of TTFT (bisection on prefill_miss over the target)."""
@@ -214,37 +244,58 @@ class SlaPlanPolicy:
         n_max = kv * self.profile.max_kv_tokens / context  # per engine, whatever its TP
         return max(n_max, 1.0), float(itl_ms), context
 
-    def decode_inflight(self, rate: float, osl: float) -> float:
-        """Little's law: requests decoding at once if each token takes the ITL target."""
-        return rate * osl * (self.cfg.itl_ms / 1000.0)
+    def decode_inflight(self, rate: float, isl: float, osl: float, replicas: int = 1) -> float:
+        """Requests decoding at once on one of `replicas`: the fixed point of Little's law
+        n = (rate / replicas) x OSL x ITL(n), ITL from the profile at the KV usage n
+        requests of context ISL + OSL/2 fill (corrected). ITL grows with n, so iterating
+        from below converges to the smallest fixed point; inf when there is none (the
+        replica cannot keep up)."""
+        context = isl + osl / 2
+        per = rate / max(1, replicas) * osl / 1000.0  # requests per ms of ITL
+        n = 0.0
+        for _ in range(60):
+            kv = n * context / self.profile.max_kv_tokens
+            if kv >= 1.0:
+                return math.inf
+            new = per * float(self.profile.decode_itl_ms_at(kv, context)) * self.d_corr
+            if abs(new - n) < 1e-3:
+                return new
+            n = new
+        return n
 
     def decode_miss(self, replicas: int, rate: float, isl: float, osl: float) -> float:
         """P(a replica's concurrency exceeds what meets the ITL target), normal approx."""
         if replicas <= 0:
             return 1.0
         n_max, _, _ = self.decode_limit(isl, osl)
-        mean = self.decode_inflight(rate, osl) / replicas
+        mean = self.decode_inflight(rate, isl, osl, replicas)
+        if not math.isfinite(mean):
+            return 1.0
         if mean <= 0:
             return 0.0
         z = (n_max + 0.5 - mean) / math.sqrt(mean)
         return 1.0 - NormalDist().cdf(z)
 
     def prefill_needed(self, rate: float, isl: float, max_replicas: int = 1024) -> int:
-        """Fewest replicas whose queueing adds at most eps_ttft misses to the floor that
-        requests too long for the target miss anyway."""
+        """Fewest replicas whose TTFT misses stay within eps_ttft; when prompts too long to
+        meet the target alone already miss more (the floor), within 10% of eps above it."""
         s = self.prefill_service_s(isl)
         c = max(1, math.ceil(rate * s / self.opt["max_rho"]))
-        allowed = self.prefill_floor_miss(isl) + self.eps_ttft
+        allowed = max(self.eps_ttft, self.prefill_floor_miss(isl) + 0.1 * self.eps_ttft)
         while c < max_replicas and self.prefill_miss(c, rate, isl) > allowed:
             c += 1
         return c
 
-    def decode_needed(self, rate: float, isl: float, osl: float, max_replicas: int = 4096) -> int:
+    def decode_needed(self, rate: float, isl: float, osl: float, max_replicas: int = 1024) -> int:
+        """Fewest replicas whose in-flight count, at its z-quantile, stays within the batch
+        that still meets the ITL target."""
         n_max, _, _ = self.decode_limit(isl, osl)
-        total = self.decode_inflight(rate, osl)
-        d = max(1, math.ceil(total / n_max))
         z = self.opt["decode_z"]
-        while d < max_replicas and _poisson_quantile_normal(total / d, z) > n_max:
+        d = 1
+        while d < max_replicas:
+            n = self.decode_inflight(rate, isl, osl, d)
+            if math.isfinite(n) and _poisson_quantile_normal(n, z) <= n_max:
+                break
             d += 1
         return d
 
@@ -289,14 +340,15 @@ class SlaPlanPolicy:
         backlog_rate = 0.0
         if obs.queued is not None and obs.queued > 0:
             backlog_rate = obs.queued / obs.interval_s  # drain what waits within one interval
-        self.last_inflight = obs.inflight
         self.last_isl, self.last_osl = obs.isl_mean, obs.osl_mean
         if obs.isl_cv is not None and obs.num_req >= self.opt["correction_min_requests"]:
             self.isl_cv = 0.5 * self.isl_cv + 0.5 * obs.isl_cv
         lines: list[str] = []
         if cfg.correction:
             self._correct(obs, state, lines)
+        self.last_inflight = obs.inflight
         self.num_req_pred.observe(arrivals)
+        self._update_dispersion(arrivals, lines)
         self.isl_pred.observe(obs.isl_mean)
         self.osl_pred.observe(obs.osl_mean)
         if arrivals > obs.num_req or backlog_rate:
@@ -305,24 +357,33 @@ class SlaPlanPolicy:
                 f"{obs.queued or 0:.0f} queued -> +{backlog_rate:.2f} req/s to drain"
             )
 
-        isl = self.isl_pred.predict() or obs.isl_mean
-        osl = self.osl_pred.predict() or obs.osl_mean
-        rates = {}
+        # Plan each role for the worst interval until capacity asked for now is ready.
+        rates, lengths = {}, {}
         for role, st in (("prefill", state.prefill), ("decode", state.decode)):
             startup = st.startup_estimate_s
             if startup is None:
                 startup = cfg.startup_prefill_s if role == "prefill" else cfg.startup_decode_s
-            rates[role] = self._rate_ahead(startup, lines, role) + backlog_rate
+            steps = max(1, math.ceil(startup / cfg.interval_s) + 1)
+            rates[role] = self._rate_ahead(steps, startup, lines, role) + backlog_rate
+            # Lengths: the forecast, but never below the last observation (a smoothing
+            # predictor lags a shift, and planning for shorter prompts than the ones
+            # arriving costs SLA; planning for longer costs little).
+            lengths[role] = (
+                max(_max_ahead(self.isl_pred, steps) or 0.0, obs.isl_mean),
+                max(_max_ahead(self.osl_pred, steps) or 0.0, obs.osl_mean),
+            )
+        isl = lengths["prefill"][0]
+        d_isl, osl = lengths["decode"]
 
         p_need = self.prefill_needed(rates["prefill"], isl)
-        d_need = self.decode_needed(rates["decode"], isl, osl)
+        d_need = self.decode_needed(rates["decode"], d_isl, osl)
         lines.append(
             f"prefill: {rates['prefill']:.2f} req/s at ISL {isl:.0f}, service {1000 * self.prefill_service_s(isl):.1f} ms"
             f" (x{self.p_corr:.2f}): P(TTFT > {cfg.ttft_ms:g} ms) <= {self.eps_ttft:.3%} needs {p_need}"
         )
-        n_max, itl_at, context = self.decode_limit(isl, osl)
+        n_max, itl_at, context = self.decode_limit(d_isl, osl)
         lines.append(
-            f"decode: {self.decode_inflight(rates['decode'], osl):.1f} in flight at context {context:.0f}; "
+            f"decode: {self.decode_inflight(rates['decode'], d_isl, osl, d_need):.1f} in flight per replica at context {context:.0f}; "
             f"<= {n_max:.0f}/replica keeps ITL {itl_at:.1f} ms <= {cfg.itl_ms / self.d_corr:.1f} ms "
             f"(target / {self.d_corr:.2f}) at z={self.opt['decode_z']:g}: needs {d_need}"
         )
@@ -382,23 +443,41 @@ class SlaPlanPolicy:
 
     # ------------------------------------------------------------------ pieces
 
-    def _rate_ahead(self, startup_s: float, lines: list[str], role: str) -> float:
+    def _rate_ahead(self, steps: int, startup_s: float, lines: list[str], role: str) -> float:
         """Highest forecast (with headroom) over the intervals until new capacity is ready."""
-        interval = self.cfg.interval_s
-        steps = max(1, math.ceil(startup_s / interval) + 1)
         q = self.opt["headroom_quantile"]
         best = 0.0
         for k in range(1, steps + 1):
             point = self.num_req_pred.predict(k) or 0.0
             upper = self.num_req_pred.upper(q, k)
-            value = max(point, upper) if upper is not None else point
-            best = max(best, value)
-        rate = best / interval
+            best = max(best, point if upper is None else max(point, upper))
         lines.append(
             f"{role}: forecast over {steps} interval(s) (startup {startup_s:.0f} s), "
             f"q{q:.2f} -> {best:.1f} req/interval"
         )
-        return rate
+        return best / self.cfg.interval_s
+
+    def _update_dispersion(self, arrivals: float, lines: list[str]) -> None:
+        """Index of dispersion of arrival counts: Var/mean tends to the inter-arrival CV^2
+        of a renewal process (Cox & Lewis), and is 1 for Poisson. Estimated from second
+        differences (which cancel a linear trend such as a ramp) with the median (which a
+        step or a spike barely moves): for Gaussian noise the median of d^2 is 0.455 of its
+        variance, 6 sigma^2. Only the excess over Poisson sampling noise is kept."""
+        self.counts.append(arrivals)
+        xs = list(self.counts)
+        n = len(xs)
+        mean = sum(xs) / n
+        if n < 6 or mean <= 0:
+            return
+        d2 = sorted((xs[i] - 2 * xs[i - 1] + xs[i - 2]) ** 2 for i in range(2, n))
+        mid = len(d2) // 2
+        med = d2[mid] if len(d2) % 2 else (d2[mid - 1] + d2[mid]) / 2
+        idc = med / (0.455 * 6.0 * mean)
+        noise = 3.0 / math.sqrt(len(d2))
+        new = min(50.0, 1.0 + max(0.0, idc - 1.0 - noise))
+        if abs(new - self.arrival_cv2) > 0.05:
+            lines.append(f"arrival counts dispersion {idc:.2f} -> burstiness CV^2 {new:.2f}")
+        self.arrival_cv2 = new
 
     def _correct(self, obs: Observation, state: ReplicaState, lines: list[str]) -> None:
         """Observed vs expected latency; EMA-smoothed, bounded ratios that go both ways."""
@@ -409,23 +488,48 @@ class SlaPlanPolicy:
         )
         if obs.num_req < self.opt["correction_min_requests"]:
             return
+        # A backlog (requests piling up, or waiting at the end of the window) makes the
+        # window's latencies about the past, not about the model: no update then.
+        grew = (
+            self.last_inflight is not None
+            and obs.inflight is not None
+            and (obs.inflight - self.last_inflight > 0.05 * obs.num_req)
+        )
+        if grew or (obs.queued or 0) > 2 * max(1, state.prefill.ready):
+            lines.append("backlog in the window: corrections unchanged")
+            return
         rate = obs.num_req / obs.interval_s
         ready_p = max(1, state.prefill.ready)
         rho = rate * self.prefill_service_s(obs.isl_mean) / ready_p
         observed_p = obs.ttft_p90_ms
-        if observed_p is not None and rho < 0.85:
+        # Only a settled window says something about the model: the replica count did not
+        # change during it and the queue was clearly stable (near rho = 1 any model error
+        # is amplified and a backlog from an earlier interval dominates).
+        settled = state.prefill.starting == 0 and state.prefill.draining == 0
+        if observed_p is not None and rho < 0.8 and settled:
             expected = self.prefill_ttft_quantile_ms(ready_p, rate, obs.isl_mean, 0.9)
-            if math.isfinite(expected) and expected > 0:
-                ratio = observed_p / expected
-                new = min(hi, max(lo, self.p_corr * ratio**a))
+            ratio = observed_p / expected if math.isfinite(expected) and expected > 0 else None
+            if ratio is not None and not 0.5 <= ratio <= 2.0:
+                # Off by more than 2x is a transient (a backlog draining, a burst), not a
+                # model error: leave the correction alone.
+                lines.append(
+                    f"TTFT p90 {observed_p:.0f} ms vs model {expected:.0f} ms: transient, ignored"
+                )
+            elif ratio is not None:
+                step = min(1.2, max(1 / 1.2, ratio**a))  # at most 20% per tick
+                new = min(hi, max(lo, self.p_corr * step))
                 lines.append(
                     f"TTFT p90 observed {observed_p:.0f} ms vs model {expected:.0f} ms: "
                     f"prefill correction {self.p_corr:.2f} -> {new:.2f}"
                 )
                 self.p_corr = new
         ready_d = state.decode.ready
-        if ready_d > 0 and obs.itl_mean_ms and obs.request_duration_mean_s:
-            concurrency = obs.num_req / ready_d * obs.request_duration_mean_s / obs.interval_s
+        settled_d = state.decode.starting == 0 and state.decode.draining == 0
+        if ready_d > 0 and obs.itl_mean_ms and obs.request_duration_mean_s and settled_d:
+            # Time in decode = request duration less its TTFT (Dynamo counts the whole
+            # duration, which overstates decode concurrency whenever prefill queues).
+            decode_s = max(0.0, obs.request_duration_mean_s - (obs.ttft_mean_ms or 0.0) / 1000.0)
+            concurrency = obs.num_req / ready_d * decode_s / obs.interval_s
             context = obs.isl_mean + obs.osl_mean / 2
             expected = float(self.profile.decode_itl_ms_at_concurrency(concurrency, context))
             if expected > 0:
@@ -444,7 +548,7 @@ class SlaPlanPolicy:
         while hist and hist[0][0] < now_s - window:
             hist.popleft()
         if want > current:
-            cap = current + max(2, math.ceil(current * self.opt["max_step_up_fraction"]))
+            cap = current + max(4, math.ceil(current * self.opt["max_step_up_fraction"]))
             out = min(want, cap)
             self.last_up[role] = now_s
             if out < want:
@@ -506,6 +610,12 @@ class SlaPlanPolicy:
         p, d = clamp_min_max(state.prefill.desired, state.decode.desired, self.cfg)
         p, d, _ = apply_budget(p, d, self.cfg)
         return Decision(p, d, rule, reason)
+
+
+def _max_ahead(pred, steps: int) -> float | None:
+    """Highest point forecast over the next `steps` intervals (None without data)."""
+    values = [v for k in range(1, steps + 1) if (v := pred.predict(k)) is not None]
+    return max(values) if values else None
 
 
 def _finite_or_none(x: float) -> float | None:
