@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 
+from planlab.progress import ProgressBar
 from planner.errors import ConfigError
 
 EXAMPLES = """examples:
@@ -45,37 +45,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=main)
 
 
-class RunProgress:
-    """Progress over finished runs on stderr: a redrawn bar on a terminal, else one plain
-    line per finished run."""
-
-    def __init__(self, stream=sys.stderr, quiet: bool = False, width: int = 30):
-        self.stream = stream
-        self.quiet = quiet
-        self.tty = stream.isatty()
-        self.width = width
-        self.t0 = time.monotonic()
-        self.drawn = False
-
-    def __call__(self, done: int, total: int, label: str) -> None:
-        if self.quiet:
-            return
-        elapsed = time.monotonic() - self.t0
-        if self.tty:
-            filled = int(self.width * done / max(total, 1))
-            bar = "#" * filled + "-" * (self.width - filled)
-            self.stream.write(f"\r[{bar}] {done}/{total}  {elapsed:5.1f} s  {label[:50]:<50}")
-            self.drawn = True
-        else:
-            self.stream.write(f"[{done}/{total}] {label} ({elapsed:.1f} s)\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.drawn:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 def parse_list(text: str, what: str) -> list[str]:
     items = [x.strip() for x in text.split(",") if x.strip()]
     if not items:
@@ -95,7 +64,7 @@ def main(args: argparse.Namespace) -> int:
         if args.out
         else Path("results") / datetime.now().strftime("compare-%Y%m%d-%H%M%S")
     )
-    bar = RunProgress(quiet=args.quiet)
+    bar = ProgressBar(enabled=not args.quiet, delay_s=0.0)
     try:
         df = compare(
             scenarios,
@@ -103,7 +72,7 @@ def main(args: argparse.Namespace) -> int:
             args.seeds,
             out,
             jobs=args.jobs,
-            progress=bar,
+            progress=bar.runs,
             run_dirs=run_dirs,
             run_reports=args.run_reports,
         )

@@ -7,11 +7,10 @@ own function from `main`, so both share the argument parsing and the printed tab
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
+from planlab.progress import ProgressBar
 from planlab.scenario import load_scenario
 from planner.errors import ConfigError
 
@@ -77,45 +76,13 @@ def main(args: argparse.Namespace) -> int:
     return run_simulated(args)
 
 
-class ProgressBar:
-    """A one-line text bar on stderr, drawn only on a terminal and only after the run has
-    taken a second, redrawn at most ten times a second."""
-
-    def __init__(self, stream=sys.stderr, enabled: bool | None = None, width: int = 30):
-        self.stream = stream
-        self.enabled = stream.isatty() if enabled is None else enabled
-        self.width = width
-        self.t0 = time.monotonic()
-        self.last = 0.0
-        self.drawn = False
-
-    def __call__(self, t_s: float, duration_s: float) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if now - self.t0 < 1.0 or now - self.last < 0.1:
-            return
-        self.last = now
-        frac = min(1.0, t_s / duration_s) if duration_s > 0 else 1.0
-        filled = int(frac * self.width)
-        bar = "#" * filled + "-" * (self.width - filled)
-        self.stream.write(f"\r[{bar}] {frac:6.1%}  sim {t_s:8.0f} s  wall {now - self.t0:5.1f} s")
-        self.stream.flush()
-        self.drawn = True
-
-    def close(self) -> None:
-        if self.drawn:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 def run_simulated(args: argparse.Namespace) -> int:
     from planlab.runner import run_scenario
 
     scenario = load_scenario(args.scenario, overrides_from(args) or None)
-    bar = ProgressBar(enabled=False if args.quiet else None)
+    bar = ProgressBar(enabled=not args.quiet)
     try:
-        outcome = run_scenario(scenario, out_dir=args.out, progress=bar)
+        outcome = run_scenario(scenario, out_dir=args.out, progress=bar.sim)
     finally:
         bar.close()
     if not args.no_report:
@@ -125,13 +92,10 @@ def run_simulated(args: argparse.Namespace) -> int:
 
 
 def _report(out_dir: Path | None) -> None:
-    try:
-        from planlab import report
-    except ImportError:
-        return
-    make = getattr(report, "write_report", None) or getattr(report, "make_report", None)
-    if make is not None and out_dir is not None:
-        make(out_dir)
+    from planlab.report import write_report
+
+    if out_dir is not None:
+        write_report(out_dir)
 
 
 def _fmt(x: Any, spec: str = ".1f") -> str:

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from planlab.commands.compare import RunProgress
+from planlab.progress import ProgressBar
 from planner.errors import ConfigError
 
 EXAMPLES = """examples:
@@ -64,9 +64,9 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("results") / f"sweep-{base.name}"
     if args.max_rate:
         return _max_rate(args, axes, out, find_max_rate, write_max_rate, load_scenario)
-    bar = RunProgress(quiet=args.quiet)
+    bar = ProgressBar(enabled=not args.quiet, delay_s=0.0)
     try:
-        df = sweep(args.scenario, axes, out, policy=args.policy, jobs=args.jobs, progress=bar)
+        df = sweep(args.scenario, axes, out, policy=args.policy, jobs=args.jobs, progress=bar.runs)
     finally:
         bar.close()
     keys = [k for k, _ in axes]

@@ -104,22 +104,3 @@ def test_missing_scenario_file_exits_2(tmp_path, capsys):
     assert code == 2
     assert "nope.yaml" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
-
-
-def test_progress_bar_draws_only_on_request_and_after_a_second():
-    import io
-
-    from planlab.commands.run import ProgressBar
-
-    quiet = io.StringIO()
-    ProgressBar(stream=quiet, enabled=False)(50.0, 100.0)
-    assert quiet.getvalue() == ""
-    stream = io.StringIO()
-    bar = ProgressBar(stream=stream, enabled=True)
-    bar(10.0, 100.0)
-    assert stream.getvalue() == ""  # runs shorter than a second draw nothing
-    bar.t0 -= 2.0
-    bar(50.0, 100.0)
-    bar.close()
-    text = stream.getvalue()
-    assert "50.0%" in text and text.endswith("\n")
