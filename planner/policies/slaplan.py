@@ -30,7 +30,7 @@ which rule applied.
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import math
 from collections import deque
 from statistics import NormalDist
@@ -47,7 +47,10 @@ DEFAULTS: dict[str, float] = {
     # (decode_z) and a request's TPOT averages its ITL over many batches, so few requests
     # miss ITL and most of the budget goes to TTFT.
     "ttft_miss_share": 0.8,
-    "decode_z": 1.28,  # concurrency quantile (z-score) a decode replica must absorb
+    # Concurrency quantile (z-score) a decode replica must absorb at the ITL target. A
+    # request's TPOT averages ITL over its whole decode, which smooths the batch-size
+    # swings it sees, so a one-sigma margin covers its tail.
+    "decode_z": 1.0,
     "correction_alpha": 0.5,  # EMA weight of a new correction ratio
     "correction_min": 0.7,
     "correction_max": 2.0,
@@ -58,8 +61,7 @@ DEFAULTS: dict[str, float] = {
     "max_step_down_fraction": 0.5,  # per tick: - max(1, 50% of current)
     "idle_grace_s": 300.0,
     "max_rho": 0.95,  # never plan a replica above this utilisation
-    "kv_transfer_ms": 0.0,
-    "dispersion_window": 12,  # intervals of arrival counts behind the burstiness estimate  # added to TTFT (the sim sets it from the model's KV bytes)
+    "max_arrival_cv2": 30.0,  # bound on the fitted arrival burstiness
 }
 
 
@@ -122,8 +124,27 @@ def _wait_tail(lam: float, mean_s: float, cv2: float, shape: float) -> tuple[flo
     return (rho, g) if g > 0 else None
 
 
-def _with_ttft(cfg: PlannerConfig, ttft_ms: float) -> PlannerConfig:
-    return dataclasses.replace(cfg, ttft_ms=ttft_ms)
+def _solve_increasing(f, target: float, lo: float, hi: float) -> float:
+    """x in [lo, hi] with f(x) = target for f increasing, by bisection in log space;
+    the bound when the target lies outside f's range there."""
+    if f(lo) >= target:
+        return lo
+    if f(hi) <= target:
+        return hi
+    a, b = math.log(lo), math.log(hi)
+    for _ in range(30):
+        m = (a + b) / 2
+        if f(math.exp(m)) < target:
+            a = m
+        else:
+            b = m
+    return math.exp((a + b) / 2)
+
+
+def _ema_log(old: float, new: float, alpha: float, max_step: float) -> float:
+    """Move old toward new by an EMA in log space, at most a factor max_step."""
+    step = math.exp(alpha * (math.log(new) - math.log(old)))
+    return old * min(max_step, max(1.0 / max_step, step))
 
 
 def _poisson_quantile_normal(mean: float, z: float) -> float:
@@ -150,10 +171,9 @@ class SlaPlanPolicy:
         self.p_corr = 1.0  # multiplies prefill service time
         self.d_corr = 1.0  # multiplies decode ITL
         self.isl_cv = float(cfg.option("isl_cv", 0.5))  # updated from the ISL histogram
-        # Burstiness of arrivals (squared CV of inter-arrival times), estimated from the
-        # dispersion of per-interval arrival counts; 1 for Poisson.
-        self.arrival_cv2 = 1.0
-        self.counts: deque[float] = deque(maxlen=int(self.opt["dispersion_window"]))
+        # Burstiness of arrivals (squared CV of inter-arrival times; 1 for Poisson), fitted
+        # to the observed TTFT tail since per-interval counts cannot show it.
+        self.arrival_cv2 = float(cfg.option("arrival_cv2", 1.0))
         # How the frontend spreads requests over prefill replicas (round_robin: each gets
         # every c-th; anything else is modelled as Poisson splitting, the safe side).
         self.router = str(cfg.option("router", "round_robin"))
@@ -161,6 +181,7 @@ class SlaPlanPolicy:
         self.last_osl: float | None = None
         self.idle_since: float | None = None
         self.last_inflight: float | None = None
+        self.last_itl_ms: float | None = None  # observed mean ITL: the first token's step
         self.history: dict[str, deque[tuple[float, int]]] = {"prefill": deque(), "decode": deque()}
         self.last_up: dict[str, float] = {"prefill": -math.inf, "decode": -math.inf}
 
@@ -182,7 +203,7 @@ class SlaPlanPolicy:
         kv_bytes = self.profile.kv_bytes_per_token or DEFAULT_KV_BYTES_PER_TOKEN
         bw = self.cfg.kv_bandwidth_gbps
         per_token_ms = 0.0 if not bw else kv_bytes / (bw * 1e9 / 8) * 1000.0
-        first_step_ms = float(self.profile.decode_itl_ms_at(0.5, isl))
+        first_step_ms = self.last_itl_ms or float(self.profile.decode_itl_ms_at(0.3, isl))
         fixed_ms = self.cfg.kv_latency_ms + first_step_ms
         out = []
         for z, _ in _Z_GRID:
@@ -191,7 +212,9 @@ class SlaPlanPolicy:
             out.append(prefill_ms + x * per_token_ms + fixed_ms)
         return out
 
-    def prefill_miss(self, replicas: int, rate: float, isl: float) -> float:
+    def prefill_miss(
+        self, replicas: int, rate: float, isl: float, ttft_ms: float | None = None
+    ) -> float:
         """P(TTFT > target) with `replicas` M/G/1 queues sharing `rate` req/s: waiting time
         from the Cramer-Lundberg tail of M/G/1 (service ~ Gamma with the ISL's CV), plus the
         request's own prefill time averaged over the ISL distribution."""
@@ -204,7 +227,7 @@ class SlaPlanPolicy:
             return 1.0
         shape = (replicas if self.router == "round_robin" else 1) / self.arrival_cv2
         tail = _wait_tail(lam, s, self.isl_cv**2, shape) if rho > 0 else None
-        budget_ms = self.cfg.ttft_ms
+        budget_ms = self.cfg.ttft_ms if ttft_ms is None else ttft_ms
         total = 0.0
         for own, (_, weight) in zip(self._own_ttft_ms(isl), _Z_GRID, strict=True):
             slack_s = (budget_ms - own) / 1000.0
@@ -221,20 +244,17 @@ class SlaPlanPolicy:
         return sum(w for own, (_, w) in zip(owns, _Z_GRID, strict=True) if own > self.cfg.ttft_ms)
 
     def prefill_ttft_quantile_ms(self, replicas: int, rate: float, isl: float, q: float) -> float:
-        """The model's q-quantile of TTFT (bisection on prefill_miss over the target)."""
-        saved = self.cfg
+        """The model's q-quantile of TTFT (bisection on the miss probability)."""
         lo, hi = 0.0, 60_000.0
-        try:
-            for _ in range(40):
-                mid = (lo + hi) / 2
-                self.cfg = _with_ttft(saved, mid)
-                if self.prefill_miss(replicas, rate, isl) > 1.0 - q:
-                    lo = mid
-                else:
-                    hi = mid
-        finally:
-            self.cfg = saved
-        return hi if hi < 60_000.0 else math.inf
+        if self.prefill_miss(replicas, rate, isl, hi) > 1.0 - q:
+            return math.inf
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            if self.prefill_miss(replicas, rate, isl, mid) > 1.0 - q:
+                lo = mid
+            else:
+                hi = mid
+        return hi
 
     def decode_limit(self, isl: float, osl: float) -> tuple[float, float, float]:
         """(max in-flight per replica meeting the corrected ITL target, its ITL ms, context)."""
@@ -341,6 +361,7 @@ class SlaPlanPolicy:
         if obs.queued is not None and obs.queued > 0:
             backlog_rate = obs.queued / obs.interval_s  # drain what waits within one interval
         self.last_isl, self.last_osl = obs.isl_mean, obs.osl_mean
+        self.last_itl_ms = obs.itl_mean_ms
         if obs.isl_cv is not None and obs.num_req >= self.opt["correction_min_requests"]:
             self.isl_cv = 0.5 * self.isl_cv + 0.5 * obs.isl_cv
         lines: list[str] = []
@@ -348,7 +369,6 @@ class SlaPlanPolicy:
             self._correct(obs, state, lines)
         self.last_inflight = obs.inflight
         self.num_req_pred.observe(arrivals)
-        self._update_dispersion(arrivals, lines)
         self.isl_pred.observe(obs.isl_mean)
         self.osl_pred.observe(obs.osl_mean)
         if arrivals > obs.num_req or backlog_rate:
@@ -444,40 +464,20 @@ class SlaPlanPolicy:
     # ------------------------------------------------------------------ pieces
 
     def _rate_ahead(self, steps: int, startup_s: float, lines: list[str], role: str) -> float:
-        """Highest forecast (with headroom) over the intervals until new capacity is ready."""
+        """Highest point forecast over the intervals until new capacity is ready, plus the
+        headroom of the predictor's own one-step error quantile (the trend is in the point
+        forecasts; widening the band with the horizon would double-count it)."""
         q = self.opt["headroom_quantile"]
-        best = 0.0
-        for k in range(1, steps + 1):
-            point = self.num_req_pred.predict(k) or 0.0
-            upper = self.num_req_pred.upper(q, k)
-            best = max(best, point if upper is None else max(point, upper))
+        point_1 = self.num_req_pred.predict(1) or 0.0
+        upper_1 = self.num_req_pred.upper(q, 1)
+        headroom = 0.0 if upper_1 is None else max(0.0, upper_1 - point_1)
+        peak = max((self.num_req_pred.predict(k) or 0.0) for k in range(1, steps + 1))
+        best = peak + headroom
         lines.append(
-            f"{role}: forecast over {steps} interval(s) (startup {startup_s:.0f} s), "
-            f"q{q:.2f} -> {best:.1f} req/interval"
+            f"{role}: forecast peak over {steps} interval(s) (startup {startup_s:.0f} s) "
+            f"{peak:.1f} + q{q:.2f} headroom {headroom:.1f} = {best:.1f} req/interval"
         )
         return best / self.cfg.interval_s
-
-    def _update_dispersion(self, arrivals: float, lines: list[str]) -> None:
-        """Index of dispersion of arrival counts: Var/mean tends to the inter-arrival CV^2
-        of a renewal process (Cox & Lewis), and is 1 for Poisson. Estimated from second
-        differences (which cancel a linear trend such as a ramp) with the median (which a
-        step or a spike barely moves): for Gaussian noise the median of d^2 is 0.455 of its
-        variance, 6 sigma^2. Only the excess over Poisson sampling noise is kept."""
-        self.counts.append(arrivals)
-        xs = list(self.counts)
-        n = len(xs)
-        mean = sum(xs) / n
-        if n < 6 or mean <= 0:
-            return
-        d2 = sorted((xs[i] - 2 * xs[i - 1] + xs[i - 2]) ** 2 for i in range(2, n))
-        mid = len(d2) // 2
-        med = d2[mid] if len(d2) % 2 else (d2[mid - 1] + d2[mid]) / 2
-        idc = med / (0.455 * 6.0 * mean)
-        noise = 3.0 / math.sqrt(len(d2))
-        new = min(50.0, 1.0 + max(0.0, idc - 1.0 - noise))
-        if abs(new - self.arrival_cv2) > 0.05:
-            lines.append(f"arrival counts dispersion {idc:.2f} -> burstiness CV^2 {new:.2f}")
-        self.arrival_cv2 = new
 
     def _correct(self, obs: Observation, state: ReplicaState, lines: list[str]) -> None:
         """Observed vs expected latency; EMA-smoothed, bounded ratios that go both ways."""
@@ -501,28 +501,12 @@ class SlaPlanPolicy:
         rate = obs.num_req / obs.interval_s
         ready_p = max(1, state.prefill.ready)
         rho = rate * self.prefill_service_s(obs.isl_mean) / ready_p
-        observed_p = obs.ttft_p90_ms
         # Only a settled window says something about the model: the replica count did not
-        # change during it and the queue was clearly stable (near rho = 1 any model error
-        # is amplified and a backlog from an earlier interval dominates).
+        # change during it and the queue was stable (near rho = 1 any model error is
+        # amplified and a backlog from an earlier interval dominates).
         settled = state.prefill.starting == 0 and state.prefill.draining == 0
-        if observed_p is not None and rho < 0.8 and settled:
-            expected = self.prefill_ttft_quantile_ms(ready_p, rate, obs.isl_mean, 0.9)
-            ratio = observed_p / expected if math.isfinite(expected) and expected > 0 else None
-            if ratio is not None and not 0.5 <= ratio <= 2.0:
-                # Off by more than 2x is a transient (a backlog draining, a burst), not a
-                # model error: leave the correction alone.
-                lines.append(
-                    f"TTFT p90 {observed_p:.0f} ms vs model {expected:.0f} ms: transient, ignored"
-                )
-            elif ratio is not None:
-                step = min(1.2, max(1 / 1.2, ratio**a))  # at most 20% per tick
-                new = min(hi, max(lo, self.p_corr * step))
-                lines.append(
-                    f"TTFT p90 observed {observed_p:.0f} ms vs model {expected:.0f} ms: "
-                    f"prefill correction {self.p_corr:.2f} -> {new:.2f}"
-                )
-                self.p_corr = new
+        if settled and rho < 0.9 and obs.ttft_p50_ms and obs.ttft_p90_ms:
+            self._fit_prefill(obs, ready_p, rate, lines)
         ready_d = state.decode.ready
         settled_d = state.decode.starting == 0 and state.decode.draining == 0
         if ready_d > 0 and obs.itl_mean_ms and obs.request_duration_mean_s and settled_d:
@@ -540,6 +524,43 @@ class SlaPlanPolicy:
                     f"decode correction {self.d_corr:.2f} -> {new:.2f}"
                 )
                 self.d_corr = new
+
+    def _fit_prefill(self, obs: Observation, replicas: int, rate: float, lines: list[str]) -> None:
+        """Fit the two things the profile cannot know to the observed TTFT quantiles: how
+        fast prefill really is (p_corr, from the median, which service time dominates) and
+        how bursty arrivals are (arrival_cv2, from p90, which queueing dominates). Each is
+        the value that makes the model's quantile equal the observed one; the state moves
+        toward it by an EMA in log space, bounded per tick and overall."""
+        a = self.opt["correction_alpha"]
+        isl = obs.isl_mean
+        fit_p = _solve_increasing(
+            lambda v: self._with(p_corr=v).prefill_miss(replicas, rate, isl, obs.ttft_p50_ms),
+            0.5,
+            self.opt["correction_min"],
+            self.opt["correction_max"],
+        )
+        new_p = _ema_log(self.p_corr, fit_p, a, max_step=1.2)
+        fit_c = _solve_increasing(
+            lambda v: self._with(p_corr=new_p, arrival_cv2=v).prefill_miss(
+                replicas, rate, isl, obs.ttft_p90_ms
+            ),
+            0.1,
+            0.25,
+            self.opt["max_arrival_cv2"],
+        )
+        new_c = _ema_log(self.arrival_cv2, fit_c, a, max_step=2.0)
+        lines.append(
+            f"TTFT p50/p90 observed {obs.ttft_p50_ms:.0f}/{obs.ttft_p90_ms:.0f} ms on {replicas} "
+            f"replicas: prefill speed x{self.p_corr:.2f} -> x{new_p:.2f}, arrival burstiness "
+            f"CV^2 {self.arrival_cv2:.2f} -> {new_c:.2f}"
+        )
+        self.p_corr, self.arrival_cv2 = new_p, new_c
+
+    def _with(self, **state: float) -> SlaPlanPolicy:
+        """A shallow copy with some model parameters replaced (for fitting)."""
+        twin = copy.copy(self)
+        twin.__dict__.update(state)
+        return twin
 
     def _stabilize(self, role: str, want: int, current: int, now_s: float, lines: list[str]) -> int:
         hist = self.history[role]
