@@ -92,6 +92,20 @@ def histogram_quantile(
     return float(upper_bounds[-1]) if upper_bounds else None
 
 
+def _quantile_slices() -> tuple[tuple[float, float], ...]:
+    """(probability at the middle, weight) of probability slices that get finer toward
+    the upper tail, where SLA misses live; the weights sum to 1."""
+    edges = [0.0, 0.25, 0.5, 0.7, 0.8, 0.9]
+    edges += [0.9 + 0.01 * i for i in range(1, 10)]
+    edges += [0.99 + 0.001 * i for i in range(1, 10)]
+    edges += [0.999, 0.9995, 0.9999, 1.0]
+    return tuple(((a + b) / 2, b - a) for a, b in zip(edges, edges[1:], strict=False))
+
+
+# The distribution of input lengths is reported at these slices (Observation.isl_quantiles).
+QUANTILE_SLICES = _quantile_slices()
+
+
 @dataclass(frozen=True)
 class WindowStats:
     """What a MetricsSource returns for the window (t_s - window_s, t_s].
@@ -139,6 +153,9 @@ class Observation:
     inflight: float | None = None
     queued: float | None = None
     isl_cv: float | None = None
+    # ISL at the middle of each QUANTILE_SLICES slice (from the histogram), for policies
+    # that need the shape of the distribution and not only its mean.
+    isl_quantiles: tuple[float, ...] | None = None
     missing: tuple[str, ...] = field(default_factory=tuple)
     errors: tuple[str, ...] = field(default_factory=tuple)
 
@@ -157,6 +174,15 @@ def _finite(x: float | None) -> float | None:
 
 def _ms(x: float | None) -> float | None:
     return None if x is None else x * 1000.0
+
+
+def _slice_quantiles(h: HistogramDelta | None) -> tuple[float, ...] | None:
+    if h is None:
+        return None
+    values = [h.quantile(q) for q, _ in QUANTILE_SLICES]
+    if any(v is None or not math.isfinite(v) for v in values):
+        return None
+    return tuple(float(v) for v in values)
 
 
 def build_observation(stats: WindowStats) -> Observation:
@@ -190,6 +216,7 @@ def build_observation(stats: WindowStats) -> Observation:
         inflight=_finite(stats.inflight),
         queued=_finite(stats.queued),
         isl_cv=None if stats.isl_tokens is None else _finite(stats.isl_tokens.cv()),
+        isl_quantiles=_slice_quantiles(stats.isl_tokens),
     )
     missing: list[str] = []
     if num_req is None:

@@ -35,7 +35,7 @@ import math
 from collections import deque
 from statistics import NormalDist
 
-from planner.observation import Observation
+from planner.observation import QUANTILE_SLICES, Observation
 from planner.policies.base import apply_budget, clamp_min_max, register, validate_budget
 from planner.predictors import make_predictor
 from planner.profile import PerfProfile
@@ -47,10 +47,8 @@ DEFAULTS: dict[str, float] = {
     # (decode_z) and a request's TPOT averages its ITL over many batches, so few requests
     # miss ITL and most of the budget goes to TTFT.
     "ttft_miss_share": 0.8,
-    # Concurrency quantile (z-score) a decode replica must absorb at the ITL target. A
-    # request's TPOT averages ITL over its whole decode, which smooths the batch-size
-    # swings it sees, so a one-sigma margin covers its tail.
-    "decode_z": 1.0,
+    # KV-load quantile (z-score) a decode replica must absorb at the ITL target.
+    "decode_z": 1.28,
     "correction_alpha": 0.5,  # EMA weight of a new correction ratio
     "correction_min": 0.7,
     "correction_max": 2.0,
@@ -69,19 +67,15 @@ DEFAULTS: dict[str, float] = {
 DEFAULT_KV_BYTES_PER_TOKEN = 131072.0
 
 
-# Standard-normal quantiles at the midpoints of 32 equal-probability slices.
-def _tail_grid() -> tuple[tuple[float, float], ...]:
-    """(z, weight) pairs: probability slices that get finer toward the upper tail, since
-    the SLA is about the 1% of requests with the longest prompts."""
-    edges = [0.0, 0.25, 0.5, 0.7, 0.8, 0.9]
-    edges += [0.9 + 0.01 * i for i in range(1, 10)]
-    edges += [0.99 + 0.001 * i for i in range(1, 10)]
-    edges += [0.999, 0.9995, 0.9999, 1.0]
+def _lognormal_shape(cv: float) -> tuple[float, ...]:
+    """ISL / mean at the middle of each QUANTILE_SLICES slice for a lognormal with this CV
+    (the prior until the ISL histogram says otherwise)."""
+    sigma = math.sqrt(math.log1p(cv * cv))
     dist = NormalDist()
-    return tuple((dist.inv_cdf((a + b) / 2), b - a) for a, b in zip(edges, edges[1:], strict=False))
+    return tuple(math.exp(sigma * dist.inv_cdf(p) - sigma * sigma / 2) for p, _ in QUANTILE_SLICES)
 
 
-_Z_GRID = _tail_grid()
+_WEIGHTS = tuple(w for _, w in QUANTILE_SLICES)
 
 
 def _wait_tail(lam: float, mean_s: float, cv2: float, shape: float) -> tuple[float, float] | None:
@@ -147,9 +141,14 @@ def _ema_log(old: float, new: float, alpha: float, max_step: float) -> float:
     return old * min(max_step, max(1.0 / max_step, step))
 
 
-def _poisson_quantile_normal(mean: float, z: float) -> float:
-    """Normal approximation of a Poisson quantile (continuity-corrected)."""
-    return mean + z * math.sqrt(max(mean, 0.0)) + 0.5 if mean > 0 else 0.0
+def _kv_quantile(mean: float, z: float, context_cv2: float) -> float:
+    """The z-quantile of a decode replica's KV load, in requests of mean context: the
+    in-flight count is Poisson (M/G/inf) and each holds a context of squared CV
+    context_cv2, so the KV tokens in use are compound Poisson with variance
+    mean * (1 + context_cv2) in these units (normal approximation, continuity-corrected)."""
+    if mean <= 0:
+        return 0.0
+    return mean + z * math.sqrt(mean * (1.0 + context_cv2)) + 0.5
 
 
 @register("slaplan")
@@ -170,7 +169,9 @@ class SlaPlanPolicy:
         self.eps_itl = miss * (1.0 - self.opt["ttft_miss_share"])
         self.p_corr = 1.0  # multiplies prefill service time
         self.d_corr = 1.0  # multiplies decode ITL
-        self.isl_cv = float(cfg.option("isl_cv", 0.5))  # updated from the ISL histogram
+        # The shape of the ISL distribution (ISL / mean at fixed quantiles), a lognormal
+        # prior replaced by what the ISL histogram shows (a trace can be far from it).
+        self.isl_shape = _lognormal_shape(float(cfg.option("isl_cv", 0.5)))
         # Burstiness of arrivals (squared CV of inter-arrival times; 1 for Poisson), fitted
         # to the observed TTFT tail since per-interval counts cannot show it.
         self.arrival_cv2 = float(cfg.option("arrival_cv2", 1.0))
@@ -192,12 +193,15 @@ class SlaPlanPolicy:
         tps = float(self.profile.prefill_thpt_per_gpu_at(isl)) * self.cfg.gpus_per_prefill
         return isl / tps * self.p_corr
 
+    @property
+    def isl_cv(self) -> float:
+        mean = sum(w * x for w, x in zip(_WEIGHTS, self.isl_shape, strict=True))
+        second = sum(w * x * x for w, x in zip(_WEIGHTS, self.isl_shape, strict=True))
+        return math.sqrt(max(0.0, second / (mean * mean) - 1.0))
+
     def _own_ttft_ms(self, isl: float) -> list[float]:
-        """A request's own prefill time (no queueing) at ISL quantiles of a lognormal with
-        the observed CV: the part of TTFT that capacity cannot remove."""
-        cv = self.isl_cv
-        sigma = math.sqrt(math.log1p(cv * cv))
-        mu = math.log(isl) - sigma * sigma / 2
+        """A request's own TTFT without queueing at each ISL quantile (the distribution's
+        shape scaled to the planned mean): the part that capacity cannot remove."""
         # After prefill: the KV cache crosses the link, then the first decode step emits
         # the first token (at a typical ITL of a loaded decode engine).
         kv_bytes = self.profile.kv_bytes_per_token or DEFAULT_KV_BYTES_PER_TOKEN
@@ -206,8 +210,8 @@ class SlaPlanPolicy:
         first_step_ms = self.last_itl_ms or float(self.profile.decode_itl_ms_at(0.3, isl))
         fixed_ms = self.cfg.kv_latency_ms + first_step_ms
         out = []
-        for z, _ in _Z_GRID:
-            x = math.exp(mu + sigma * z)
+        for shape in self.isl_shape:
+            x = isl * shape
             prefill_ms = float(self.profile.prefill_ttft_ms_at(x)) * self.p_corr
             out.append(prefill_ms + x * per_token_ms + fixed_ms)
         return out
@@ -229,7 +233,7 @@ class SlaPlanPolicy:
         tail = _wait_tail(lam, s, self.isl_cv**2, shape) if rho > 0 else None
         budget_ms = self.cfg.ttft_ms if ttft_ms is None else ttft_ms
         total = 0.0
-        for own, (_, weight) in zip(self._own_ttft_ms(isl), _Z_GRID, strict=True):
+        for own, weight in zip(self._own_ttft_ms(isl), _WEIGHTS, strict=True):
             slack_s = (budget_ms - own) / 1000.0
             if slack_s < 0:
                 total += weight
@@ -241,7 +245,7 @@ class SlaPlanPolicy:
     def prefill_floor_miss(self, isl: float) -> float:
         """P(TTFT > target) with unlimited replicas: requests too long to meet it alone."""
         owns = self._own_ttft_ms(isl)
-        return sum(w for own, (_, w) in zip(owns, _Z_GRID, strict=True) if own > self.cfg.ttft_ms)
+        return sum(w for own, w in zip(owns, _WEIGHTS, strict=True) if own > self.cfg.ttft_ms)
 
     def prefill_ttft_quantile_ms(self, replicas: int, rate: float, isl: float, q: float) -> float:
         """The model's q-quantile of TTFT (bisection on the miss probability)."""
@@ -293,15 +297,23 @@ class SlaPlanPolicy:
             return 1.0
         if mean <= 0:
             return 0.0
-        z = (n_max + 0.5 - mean) / math.sqrt(mean)
+        z = (n_max + 0.5 - mean) / math.sqrt(mean * (1.0 + self.context_cv2(isl, osl)))
         return 1.0 - NormalDist().cdf(z)
 
+    def context_cv2(self, isl: float, osl: float) -> float:
+        """Squared CV of a decoding request's context, from the ISL spread (the OSL part
+        is small and partly averaged over its own decode)."""
+        share = isl / (isl + osl / 2)
+        return (self.isl_cv * share) ** 2
+
     def prefill_needed(self, rate: float, isl: float, max_replicas: int = 1024) -> int:
-        """Fewest replicas whose TTFT misses stay within eps_ttft; when prompts too long to
-        meet the target alone already miss more (the floor), within 10% of eps above it."""
+        """Fewest replicas whose TTFT misses stay within eps_ttft. When prompts too long to
+        meet the target on their own already take much of that (the floor), queueing may
+        add half of eps on top of the floor: chasing the last tenth of a percent there
+        would take many times the replicas for almost no attainment."""
         s = self.prefill_service_s(isl)
         c = max(1, math.ceil(rate * s / self.opt["max_rho"]))
-        allowed = max(self.eps_ttft, self.prefill_floor_miss(isl) + 0.1 * self.eps_ttft)
+        allowed = max(self.eps_ttft, self.prefill_floor_miss(isl) + 0.5 * self.eps_ttft)
         while c < max_replicas and self.prefill_miss(c, rate, isl) > allowed:
             c += 1
         return c
@@ -314,7 +326,7 @@ class SlaPlanPolicy:
         d = 1
         while d < max_replicas:
             n = self.decode_inflight(rate, isl, osl, d)
-            if math.isfinite(n) and _poisson_quantile_normal(n, z) <= n_max:
+            if math.isfinite(n) and _kv_quantile(n, z, self.context_cv2(isl, osl)) <= n_max:
                 break
             d += 1
         return d
@@ -362,8 +374,11 @@ class SlaPlanPolicy:
             backlog_rate = obs.queued / obs.interval_s  # drain what waits within one interval
         self.last_isl, self.last_osl = obs.isl_mean, obs.osl_mean
         self.last_itl_ms = obs.itl_mean_ms
-        if obs.isl_cv is not None and obs.num_req >= self.opt["correction_min_requests"]:
-            self.isl_cv = 0.5 * self.isl_cv + 0.5 * obs.isl_cv
+        if obs.isl_quantiles and obs.num_req >= self.opt["correction_min_requests"]:
+            seen = [q / obs.isl_mean for q in obs.isl_quantiles]
+            self.isl_shape = tuple(
+                0.5 * a + 0.5 * b for a, b in zip(self.isl_shape, seen, strict=True)
+            )
         lines: list[str] = []
         if cfg.correction:
             self._correct(obs, state, lines)
@@ -600,20 +615,27 @@ class SlaPlanPolicy:
         if budget is None or cfg.gpus(p, d) <= budget:
             return p, d, None
         gp, gd = cfg.gpus_per_prefill, cfg.gpus_per_decode
-        bp, bd = cfg.min_replicas, cfg.min_replicas
-        # Give each next engine to the role whose expected misses per GPU drop the most.
+        # Start each role at the fewest replicas that keep up at all (below that every
+        # request misses, so marginal gains are flat); if even that does not fit, share
+        # the budget in proportion as Dynamo does.
+        bp = max(cfg.min_replicas, min(p, self._stable_prefill(rates["prefill"], isl)))
+        bd = max(cfg.min_replicas, min(d, self._stable_decode(rates["decode"], isl, osl)))
+        if cfg.gpus(bp, bd) > budget:
+            bp, bd, _ = apply_budget(bp, bd, cfg)
+        # Then give each next engine to the role whose expected misses per GPU drop most;
+        # ties go to the role further below what it wants.
         while True:
             options = []
             if bp < p and cfg.gpus(bp + 1, bd) <= budget:
                 gain = self.prefill_miss(bp, rates["prefill"], isl) - self.prefill_miss(
                     bp + 1, rates["prefill"], isl
                 )
-                options.append((gain / gp, 0, "prefill"))
+                options.append((gain / gp, p / bp, "prefill"))
             if bd < d and cfg.gpus(bp, bd + 1) <= budget:
                 gain = self.decode_miss(bd, rates["decode"], isl, osl) - self.decode_miss(
                     bd + 1, rates["decode"], isl, osl
                 )
-                options.append((gain / gd, 1, "decode"))
+                options.append((gain / gd, d / bd, "decode"))
             if not options:
                 break
             _, _, role = max(options)
@@ -626,6 +648,15 @@ class SlaPlanPolicy:
             f"shared by marginal SLA gain -> {bp}P + {bd}D"
         )
         return bp, bd, note
+
+    def _stable_prefill(self, rate: float, isl: float) -> int:
+        return max(1, math.floor(rate * self.prefill_service_s(isl)) + 1)
+
+    def _stable_decode(self, rate: float, isl: float, osl: float) -> int:
+        d = 1
+        while d < 1024 and not math.isfinite(self.decode_inflight(rate, isl, osl, d)):
+            d += 1
+        return d
 
     def _hold(self, state: ReplicaState, rule: str, reason: str) -> Decision:
         p, d = clamp_min_max(state.prefill.desired, state.decode.desired, self.cfg)
