@@ -579,6 +579,10 @@ class SlaPlanPolicy:
 
     def _stabilize(self, role: str, want: int, current: int, now_s: float, lines: list[str]) -> int:
         hist = self.history[role]
+        if not hist:
+            # The size the cluster started with counts as a recommendation from one
+            # interval ago: the first ticks, with no history, do not shrink it at once.
+            hist.append((now_s - self.cfg.interval_s, current))
         hist.append((now_s, want))
         window = self.opt["scale_down_window_s"]
         while hist and hist[0][0] < now_s - window:
