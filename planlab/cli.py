@@ -13,7 +13,17 @@ import sys
 from planner.errors import ConfigError
 
 # One line per subcommand; each module defines register(subparsers) setting `func`.
-COMMANDS = ("decide", "profile", "run", "emulate", "report", "compare", "planner", "sweep")
+COMMANDS = (
+    "run",
+    "decide",
+    "compare",
+    "sweep",
+    "report",
+    "emulate",
+    "planner",
+    "profile",
+    "baseline",
+)
 
 EPILOG = """examples:
   planlab run scenarios/quickstart.yaml

@@ -24,7 +24,9 @@ from planner.types import Decision, PlannerConfig, ReplicaState
 
 DEFAULTS = {
     "prefill_target": 0.7,  # busy fraction per prefill replica
-    "decode_target": 0.6,  # KV usage per decode replica
+    # KV usage per decode replica; 0 means "80% of the KV usage at which the profile's ITL
+    # reaches the SLA" (where a user would put an HPA target after reading the profile).
+    "decode_target": 0.0,
     "tolerance": 0.1,
     "scale_down_window_s": 300.0,
     "max_step_up": 4,  # replicas added per tick at most (HPA: max(4, 100%) per 15 s)
@@ -43,6 +45,7 @@ class ThresholdPolicy:
         self.profile = profile
         self.opt = {k: float(cfg.option(k, v)) for k, v in DEFAULTS.items()}
         self.history: dict[str, deque[tuple[float, int]]] = {"prefill": deque(), "decode": deque()}
+        self.context = 1000.0  # last observed context (ISL + OSL/2), for the decode target
 
     def _signals(self, obs: Observation, state: ReplicaState) -> dict[str, float]:
         prof, cfg = self.profile, self.cfg
@@ -53,16 +56,26 @@ class ThresholdPolicy:
         inflight = obs.num_req * obs.request_duration_mean_s / interval
         context = obs.isl_mean + obs.osl_mean / 2
         d_kv = inflight * context / (max(1, state.decode.ready) * prof.max_kv_tokens)
+        self.context = context
         return {"prefill": p_busy, "decode": d_kv}
 
-    def _recommend(self, role: str, current: int, observed: float, now_s: float) -> tuple[int, str]:
+    def _target(self, role: str) -> float:
         target = self.opt[f"{role}_target"]
+        if role == "decode" and target <= 0:
+            _, _, kv_at_sla = self.profile.best_decode_point(self.cfg.itl_ms, self.context)
+            target = max(0.05, 0.8 * kv_at_sla)
+        return target
+
+    def _recommend(self, role: str, current: int, observed: float, now_s: float) -> tuple[int, str]:
+        target = self._target(role)
         ratio = observed / target
         if abs(ratio - 1.0) <= self.opt["tolerance"]:
             raw = current
         else:
             raw = math.ceil(current * ratio)
         hist = self.history[role]
+        if not hist:
+            hist.append((now_s, current))  # the starting size, as the HPA starts from it
         hist.append((now_s, raw))
         window = self.opt["scale_down_window_s"]
         while hist and hist[0][0] < now_s - window:
@@ -73,7 +86,7 @@ class ThresholdPolicy:
             self.opt["max_step_up"], math.ceil(current * self.opt["max_step_up_fraction"])
         )
         down_cap = current - max(1, math.floor(current * self.opt["max_step_down_fraction"]))
-        final = min(max(stabilized, down_cap), up_cap)
+        final = int(min(max(stabilized, down_cap), up_cap))
         why = f"{role} {observed:.2f} vs target {target:.2f}: raw {raw}, stabilized {stabilized} -> {final}"
         return final, why
 
