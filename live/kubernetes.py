@@ -344,22 +344,25 @@ class KubernetesConnector:
 
     # --------------------------------------------------------------- reading
 
-    def _read_all(self) -> dict[str, RoleObservation]:
-        if self.mode == "dgd":
-            dgd = self._call(
-                "get",
+    def _get_dgd(self) -> dict:
+        return self._call(
+            "get",
+            DGD_GROUP,
+            DGD_PLURAL,
+            self.dgd_name,
+            lambda: self.custom.get_namespaced_custom_object(
                 DGD_GROUP,
+                self.dgd_version,
+                self.namespace,
                 DGD_PLURAL,
                 self.dgd_name,
-                lambda: self.custom.get_namespaced_custom_object(
-                    DGD_GROUP,
-                    self.dgd_version,
-                    self.namespace,
-                    DGD_PLURAL,
-                    self.dgd_name,
-                    _request_timeout=self.request_timeout_s,
-                ),
-            )
+                _request_timeout=self.request_timeout_s,
+            ),
+        )
+
+    def _read_all(self) -> dict[str, RoleObservation]:
+        if self.mode == "dgd":
+            dgd = self._get_dgd()
             return {
                 role: self._dgd_observation(dgd, track.name) for role, track in self._tracks.items()
             }
@@ -493,20 +496,7 @@ class KubernetesConnector:
         track = self._tracks[role]
         for conflict in range(self.attempts):
             if self.mode == "dgd":
-                obj = self._call(
-                    "get",
-                    DGD_GROUP,
-                    DGD_PLURAL,
-                    self.dgd_name,
-                    lambda: self.custom.get_namespaced_custom_object(
-                        DGD_GROUP,
-                        self.dgd_version,
-                        self.namespace,
-                        DGD_PLURAL,
-                        self.dgd_name,
-                        _request_timeout=self.request_timeout_s,
-                    ),
-                )
+                obj = self._get_dgd()
                 current = self._dgd_observation(obj, track.name).desired
                 resource_version = obj["metadata"]["resourceVersion"]
             else:

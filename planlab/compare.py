@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import html
-import json
 import logging
 import os
 import re
@@ -22,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from planlab.report import DPI, _col, _finite, _img, _jsonable, _time_axis  # noqa: E402
+from planlab.report import _col, _finite, _img, _time_axis, save_figure  # noqa: E402
 from planlab.results import read_run  # noqa: E402
 from planlab.scenario import Scenario, load_scenario  # noqa: E402
 from planner.errors import ConfigError  # noqa: E402
@@ -448,13 +447,7 @@ def plot_pareto(df: pd.DataFrame, plots_dir: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9)
     fig.tight_layout()
-    png = plots_dir / "pareto.png"
-    fig.savefig(png, dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
-    (plots_dir / "pareto.json").write_text(
-        json.dumps(_jsonable(data), indent=1, allow_nan=False) + "\n", encoding="utf-8"
-    )
-    return png
+    return save_figure(fig, plots_dir, "pareto", data)
 
 
 def plot_timelines(df: pd.DataFrame, scenario: str, plots_dir: Path) -> Path | None:
@@ -505,14 +498,7 @@ def plot_timelines(df: pd.DataFrame, scenario: str, plots_dir: Path) -> Path | N
     ax_g.grid(alpha=0.3)
     ax_g.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
-    name = f"timelines-{_safe(str(scenario))}"
-    png = plots_dir / f"{name}.png"
-    fig.savefig(png, dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
-    (plots_dir / f"{name}.json").write_text(
-        json.dumps(_jsonable(series), indent=1, allow_nan=False) + "\n", encoding="utf-8"
-    )
-    return png
+    return save_figure(fig, plots_dir, f"timelines-{_safe(str(scenario))}", series)
 
 
 def fmt_spread(mean: Any, lo: Any, hi: Any, spec: str = ".3f") -> str:

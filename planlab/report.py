@@ -178,7 +178,8 @@ def _no_data(ax, text: str = "no data in this run") -> None:
     ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="0.4")
 
 
-def _save(fig, plots_dir: Path, name: str, data: Mapping[str, Any]) -> Path:
+def save_figure(fig, plots_dir: Path, name: str, data: Mapping[str, Any]) -> Path:
+    """plots/<name>.png and the series it shows as plots/<name>.json (tests compare them)."""
     png = plots_dir / f"{name}.png"
     fig.savefig(png, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
@@ -224,7 +225,7 @@ def _plot_attainment(run: RunData, ctx: dict, plots_dir: Path) -> Path:
         _no_data(ax, "no finished requests")
     fig.tight_layout()
     data["target"] = target
-    return _save(fig, plots_dir, "attainment", data)
+    return save_figure(fig, plots_dir, "attainment", data)
 
 
 def _plot_load_capacity(run: RunData, ctx: dict, plots_dir: Path) -> Path:
@@ -289,7 +290,7 @@ def _plot_load_capacity(run: RunData, ctx: dict, plots_dir: Path) -> Path:
         ax.grid(alpha=0.3)
     ax_d.set_xlabel(f"time ({unit})")
     fig.tight_layout()
-    return _save(fig, plots_dir, "load_capacity", data)
+    return save_figure(fig, plots_dir, "load_capacity", data)
 
 
 def _cdf_points(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -333,7 +334,7 @@ def _plot_latency_cdf(run: RunData, ctx: dict, plots_dir: Path) -> Path:
         ax.set_title(f"{label} CDF")
         ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
-    return _save(fig, plots_dir, "latency_cdf", data)
+    return save_figure(fig, plots_dir, "latency_cdf", data)
 
 
 def _plot_gpus(run: RunData, ctx: dict, plots_dir: Path) -> Path:
@@ -400,7 +401,7 @@ def _plot_gpus(run: RunData, ctx: dict, plots_dir: Path) -> Path:
     if not hours:
         _no_data(ax_b, "no GPU-hours in summary.json")
     fig.tight_layout()
-    return _save(fig, plots_dir, "gpus", data)
+    return save_figure(fig, plots_dir, "gpus", data)
 
 
 # --- HTML -----------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from planlab.compare import Progress, _write_text, run_jobs  # noqa: E402
-from planlab.report import DPI, _finite, _jsonable  # noqa: E402
+from planlab.report import _finite, _jsonable, save_figure  # noqa: E402
 from planlab.scenario import (  # noqa: E402
     PiecewiseRate,
     RateSchedule,
@@ -268,13 +268,7 @@ def plot_sweep(
             {k1: list(v1), k2: list(v2), "joint_attainment": z.tolist(), "gpu_hours": g.tolist()}
         )
     fig.tight_layout()
-    png = plots_dir / "sweep.png"
-    fig.savefig(png, dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
-    (plots_dir / "sweep.json").write_text(
-        json.dumps(_jsonable(data), indent=1, allow_nan=False) + "\n", encoding="utf-8"
-    )
-    return png
+    return save_figure(fig, plots_dir, "sweep", data)
 
 
 # --- goodput search -------------------------------------------------------------------------

@@ -7,68 +7,29 @@ import math
 
 import numpy as np
 import pytest
+from policy_helpers import flat_profile as synthetic_profile
+from policy_helpers import make_cfg, make_obs, make_state
 
 from planner.observation import Observation
 from planner.policies.base import make_policy
 from planner.profile import PerfProfile
-from planner.types import PlannerConfig, ReplicaState, RoleState
 
 
 @pytest.fixture
 def flat_profile() -> PerfProfile:
-    """Prefill: 10,000 tok/s/GPU at every ISL, TTFT 20 ms per 1000 tokens.
-    Decode: ITL = 5 + 20 * kv_usage ms at contexts 1000 and 4000; 100,000 KV tokens."""
-    kv = np.array([0.1, 0.5, 0.9] * 2)
-    return PerfProfile.from_arrays(
-        {
-            "prefill_isl": np.array([1000.0, 2000.0, 4000.0]),
-            "prefill_ttft": np.array([20.0, 40.0, 80.0]),
-            "prefill_thpt_per_gpu": np.array([10000.0, 10000.0, 10000.0]),
-            "x_kv_usage": kv,
-            "y_context_length": np.array([1000.0] * 3 + [4000.0] * 3),
-            "z_itl": 5 + 20 * kv,
-            "z_thpt_per_gpu": np.full(6, 1e9),
-            "max_kv_tokens": np.array([100000]),
-        },
-        source="synthetic",
-    )
+    return synthetic_profile()
 
 
-def obs(num_req, isl=900.0, osl=200.0, ttft_ms=18.0, itl_ms=15.0, duration_s=3.0, interval=60.0):
-    return Observation(
-        t_s=interval,
-        interval_s=interval,
-        num_req=num_req,
-        request_rate=None if num_req is None else num_req / interval,
-        isl_mean=isl,
-        osl_mean=osl,
-        ttft_mean_ms=ttft_ms,
-        ttft_p50_ms=None,
-        ttft_p90_ms=None,
-        ttft_p99_ms=None,
-        itl_mean_ms=itl_ms,
-        itl_p50_ms=None,
-        itl_p90_ms=None,
-        itl_p99_ms=None,
-        request_duration_mean_s=duration_s,
-    )
+def obs(num_req, **kw):
+    return make_obs(num_req, **kw)
 
 
 def state(p=1, d=1):
-    return ReplicaState(RoleState(p, p), RoleState(d, d))
+    return make_state(p, d)
 
 
 def cfg(**kw):
-    base = dict(
-        policy="dynamo",
-        interval_s=60.0,
-        ttft_ms=200.0,
-        itl_ms=15.0,
-        predictor="constant",
-        correction=False,
-    )
-    base.update(kw)
-    return PlannerConfig(**base)
+    return make_cfg("dynamo", **kw)
 
 
 def test_sizing_without_correction(flat_profile) -> None:
