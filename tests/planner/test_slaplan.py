@@ -1,0 +1,139 @@
+"""`slaplan`: its queueing pieces against closed forms, and its rules as behaviours."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from policy_helpers import flat_profile, idle_obs, make_cfg, make_obs, make_state
+
+from planner.policies.base import make_policy
+from planner.policies.slaplan import _wait_tail
+
+
+def policy(**kw):
+    kw.setdefault("ttft_ms", 200.0)
+    kw.setdefault("itl_ms", 15.0)
+    kw.setdefault("correction", False)
+    return make_policy(make_cfg("slaplan", **kw), flat_profile())
+
+
+def test_wait_tail_is_exact_for_mm1_and_solves_lindley_for_md1() -> None:
+    # M/M/1: P(W > x) = rho exp(-(mu - lambda) x); mu = 1, lambda = 0.6.
+    c, g = _wait_tail(0.6, 1.0, cv2=1.0, shape=1.0)
+    assert c == pytest.approx(0.6) and g == pytest.approx(0.4, rel=1e-6)
+    # M/D/1 at rho 0.3: g solves exp(g) = 1 + g / 0.3 (E[exp(gS)] = 1 + g / lambda).
+    _, g = _wait_tail(0.3, 1.0, cv2=0.0, shape=1.0)
+    assert math.exp(g) == pytest.approx(1 + g / 0.3, rel=1e-6)
+    # More regular arrivals (a round-robin share, shape 4) queue less: faster decay.
+    _, g4 = _wait_tail(0.3, 1.0, cv2=0.0, shape=4.0)
+    assert g4 > g
+    assert _wait_tail(1.2, 1.0, 1.0, 1.0) is None  # unstable
+
+
+def test_prefill_misses_fall_with_replicas_and_the_plan_meets_the_budget() -> None:
+    pol = policy()
+    # 1,000-token prompts at 10,000 tok/s: 0.1 s of work each; 25 req/s needs > 2.5 replicas.
+    misses = [pol.prefill_miss(c, 25.0, 1000.0) for c in range(1, 8)]
+    assert misses[0] == 1.0 and misses[1] == 1.0  # rho >= 1
+    assert all(a >= b for a, b in zip(misses, misses[1:], strict=False))
+    need = pol.prefill_needed(25.0, 1000.0)
+    assert pol.prefill_miss(need, 25.0, 1000.0) <= pol.eps_ttft
+    assert pol.prefill_miss(need - 1, 25.0, 1000.0) > pol.eps_ttft
+
+
+def test_decode_inflight_is_the_little_fixed_point() -> None:
+    pol = policy()
+    # ITL = 5 + 20 kv ms, context 900 + 200/2 = 1000, 100,000 KV tokens: kv = n / 100.
+    # n = rate x OSL x ITL(n) = 10 x 200 x (5 + 0.2 n) / 1000  ->  n = 10 / 0.6 = 16.67.
+    assert pol.decode_inflight(10.0, 900.0, 200.0, 1) == pytest.approx(10 / 0.6, rel=1e-3)
+    # Two replicas: n = 5 x 200 x ITL / 1000 = ITL; below the first measured point
+    # (kv 0.1) the profile holds ITL at 7 ms, so n = 7.
+    assert pol.decode_inflight(10.0, 900.0, 200.0, 2) == pytest.approx(7.0, rel=1e-3)
+    # No fixed point below full KV: the replica cannot keep up.
+    assert math.isinf(pol.decode_inflight(40.0, 900.0, 200.0, 1))
+
+
+def test_a_steady_load_gives_a_steady_size() -> None:
+    pol = policy()
+    targets = set()
+    for k in range(1, 12):
+        d = pol.decide(
+            make_obs(1500.0, isl=1000.0, osl=200.0, t_s=60.0 * k), make_state(4, 2), 60.0 * k
+        )
+        targets.add((d.prefill, d.decode))
+    assert len(targets) == 1
+
+
+def test_scale_down_waits_for_the_window_and_never_goes_below_need() -> None:
+    pol = policy(options=(("scale_down_window_s", 180.0),))
+    high = make_obs(2400.0, isl=1000.0, osl=200.0)
+    st = make_state(1, 1)
+    for t in (60.0, 120.0):
+        d = pol.decide(high, st, t)
+        st = make_state(d.prefill, d.decode)
+    big = d.prefill
+    low = make_obs(300.0, isl=1000.0, osl=200.0)
+    kept = [pol.decide(low, st, t).prefill for t in (180.0, 240.0, 300.0)]
+    assert kept == [big, big, big]  # the high need is still in the 180 s window
+    later = pol.decide(low, st, 480.0).prefill
+    assert later < big
+
+
+def test_budget_is_kept_and_shared_so_no_role_starves() -> None:
+    pol = policy(max_gpu_budget=6)
+    d = pol.decide(make_obs(6000.0, isl=1000.0, osl=200.0), make_state(1, 1), 60.0)
+    assert d.prefill + d.decode <= 6
+    assert d.prefill >= 2 and d.decode >= 2
+    assert "budget" in d.rule
+
+
+def test_missing_metrics_hold_and_idle_decays_after_the_grace() -> None:
+    pol = policy(options=(("idle_grace_s", 120.0),))
+    missing = make_obs(500.0, ttft_ms=None, missing=("ttft",), errors=("prometheus: timeout",))
+    d = pol.decide(missing, make_state(3, 2), 60.0)
+    assert (d.prefill, d.decode, d.rule) == (3, 2, "hold-missing")
+    assert "prometheus: timeout" in d.reason
+    rules = [pol.decide(idle_obs(t), make_state(3, 2), t).rule for t in (120.0, 180.0, 240.0)]
+    assert rules == ["idle-grace", "idle-min", "idle-min"]
+    assert pol.decide(idle_obs(300.0), make_state(3, 2), 300.0).prefill == 1
+
+
+def test_replicas_stuck_starting_are_replaced() -> None:
+    pol = policy()
+    obs = make_obs(1500.0, isl=1000.0, osl=200.0)
+    plain = policy().decide(obs, make_state(4, 2), 60.0)
+    stuck = pol.decide(obs, make_state(4, 2, p_ready=3, p_stuck=1), 60.0)
+    assert stuck.prefill == plain.prefill + 1
+    assert "stuck" in stuck.rule
+
+
+def test_a_long_startup_plans_further_ahead_on_a_rising_load() -> None:
+    def final(startup_s: float) -> int:
+        pol = policy(predictor="holt", startup_prefill_s=startup_s, startup_decode_s=startup_s)
+        st = make_state(2, 1)
+        for k in range(1, 9):
+            obs = make_obs(600.0 + 150.0 * k, isl=1000.0, osl=200.0, t_s=60.0 * k)
+            d = pol.decide(obs, st, 60.0 * k)
+            st = make_state(d.prefill, d.decode)
+        return d.prefill
+
+    assert final(600.0) > final(0.0)
+
+
+def test_a_ttft_tail_worse_than_the_model_raises_capacity() -> None:
+    base = policy(correction=True)
+    worse = policy(correction=True)
+    for k in range(1, 6):
+        obs_ok = make_obs(
+            1200.0, isl=1000.0, osl=200.0, t_s=60.0 * k, ttft_ms=60.0, ttft_p90_ms=None
+        )
+        obs_bad = make_obs(
+            1200.0, isl=1000.0, osl=200.0, t_s=60.0 * k, ttft_ms=60.0, ttft_p90_ms=190.0
+        )
+        obs_ok = type(obs_ok)(**{**obs_ok.to_dict(), "ttft_p50_ms": 45.0, "ttft_p90_ms": 60.0})
+        obs_bad = type(obs_bad)(**{**obs_bad.to_dict(), "ttft_p50_ms": 45.0})
+        a = base.decide(obs_ok, make_state(3, 2), 60.0 * k)
+        b = worse.decide(obs_bad, make_state(3, 2), 60.0 * k)
+    assert worse.arrival_cv2 > base.arrival_cv2
+    assert b.prefill > a.prefill
