@@ -182,6 +182,8 @@ class SlaPlanPolicy:
         self.last_osl: float | None = None
         self.idle_since: float | None = None
         self.last_inflight: float | None = None
+        # Ready replicas at the previous tick: a window is settled only if they held.
+        self.last_ready: dict[str, int | None] = {"prefill": None, "decode": None}
         self.last_itl_ms: float | None = None  # observed mean ITL: the first token's step
         self.history: dict[str, deque[tuple[float, int]]] = {"prefill": deque(), "decode": deque()}
         self.last_up: dict[str, float] = {"prefill": -math.inf, "decode": -math.inf}
@@ -383,6 +385,7 @@ class SlaPlanPolicy:
         if cfg.correction:
             self._correct(obs, state, lines)
         self.last_inflight = obs.inflight
+        self.last_ready = {"prefill": state.prefill.ready, "decode": state.decode.ready}
         self.num_req_pred.observe(arrivals)
         self.isl_pred.observe(obs.isl_mean)
         self.osl_pred.observe(obs.osl_mean)
@@ -503,14 +506,14 @@ class SlaPlanPolicy:
         )
         if obs.num_req < self.opt["correction_min_requests"]:
             return
-        # A backlog (requests piling up, or waiting at the end of the window) makes the
-        # window's latencies about the past, not about the model: no update then.
-        grew = (
+        # A backlog (requests piling up or draining, or waiting at the end of the window)
+        # makes the window's latencies about the past, not about the model: no update.
+        moved = (
             self.last_inflight is not None
             and obs.inflight is not None
-            and (obs.inflight - self.last_inflight > 0.05 * obs.num_req)
+            and abs(obs.inflight - self.last_inflight) > 0.05 * obs.num_req
         )
-        if grew or (obs.queued or 0) > 2 * max(1, state.prefill.ready):
+        if moved or (obs.queued or 0) > 2 * max(1, state.prefill.ready):
             lines.append("backlog in the window: corrections unchanged")
             return
         rate = obs.num_req / obs.interval_s
@@ -519,11 +522,19 @@ class SlaPlanPolicy:
         # Only a settled window says something about the model: the replica count did not
         # change during it and the queue was stable (near rho = 1 any model error is
         # amplified and a backlog from an earlier interval dominates).
-        settled = state.prefill.starting == 0 and state.prefill.draining == 0
+        settled = (
+            state.prefill.starting == 0
+            and state.prefill.draining == 0
+            and state.prefill.ready == self.last_ready["prefill"]
+        )
         if settled and rho < 0.9 and obs.ttft_p50_ms and obs.ttft_p90_ms:
             self._fit_prefill(obs, ready_p, rate, lines)
         ready_d = state.decode.ready
-        settled_d = state.decode.starting == 0 and state.decode.draining == 0
+        settled_d = (
+            state.decode.starting == 0
+            and state.decode.draining == 0
+            and state.decode.ready == self.last_ready["decode"]
+        )
         if ready_d > 0 and obs.itl_mean_ms and obs.request_duration_mean_s and settled_d:
             # Time in decode = request duration less its TTFT (Dynamo counts the whole
             # duration, which overstates decode concurrency whenever prefill queues).
