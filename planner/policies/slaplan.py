@@ -470,10 +470,14 @@ class SlaPlanPolicy:
                 "p_corr": self.p_corr,
                 "d_corr": self.d_corr,
                 "prefill_miss": self.prefill_miss(p, rates["prefill"], isl),
+                "expected_ttft_at_target_quantile_ms": _finite_or_none(
+                    self.prefill_ttft_quantile_ms(p, rates["prefill"], isl, cfg.target_attainment)
+                ),
                 "decode_miss": self.decode_miss(d, rates["decode"], isl, osl),
             },
+            # The median, comparable with the observed mean; the tail is in capacity.
             expected_ttft_ms=_finite_or_none(
-                self.prefill_ttft_quantile_ms(p, rates["prefill"], isl, cfg.target_attainment)
+                self.prefill_ttft_quantile_ms(p, rates["prefill"], isl, 0.5)
             ),
             expected_itl_ms=itl_at * self.d_corr,
             arithmetic=tuple(lines),
