@@ -169,9 +169,14 @@ class SlaPlanPolicy:
         self.eps_itl = miss * (1.0 - self.opt["ttft_miss_share"])
         self.p_corr = 1.0  # multiplies prefill service time
         self.d_corr = 1.0  # multiplies decode ITL
-        # The shape of the ISL distribution (ISL / mean at fixed quantiles), a lognormal
-        # prior replaced by what the ISL histogram shows (a trace can be far from it).
-        self.isl_shape = _lognormal_shape(float(cfg.option("isl_cv", 0.5)))
+        # The ISL distribution at fixed quantiles, as the ISL histogram shows it (an EMA
+        # of absolute values: a trace's prompts can be capped, bimodal, far from any
+        # parametric shape), with its mean; before any data, a lognormal prior scaled to
+        # the planned mean. tail_stretch scales it when the forecast mean runs ahead.
+        self.prior_shape = _lognormal_shape(float(cfg.option("isl_cv", 0.5)))
+        self.isl_tail: tuple[float, ...] | None = None
+        self.isl_level: float | None = None
+        self.tail_stretch = 1.0
         # Burstiness of arrivals (squared CV of inter-arrival times; 1 for Poisson), fitted
         # to the observed TTFT tail since per-interval counts cannot show it.
         self.arrival_cv2 = float(cfg.option("arrival_cv2", 1.0))
@@ -197,13 +202,15 @@ class SlaPlanPolicy:
 
     @property
     def isl_cv(self) -> float:
-        mean = sum(w * x for w, x in zip(_WEIGHTS, self.isl_shape, strict=True))
-        second = sum(w * x * x for w, x in zip(_WEIGHTS, self.isl_shape, strict=True))
+        values = self.isl_tail or self.prior_shape
+        mean = sum(w * x for w, x in zip(_WEIGHTS, values, strict=True))
+        second = sum(w * x * x for w, x in zip(_WEIGHTS, values, strict=True))
         return math.sqrt(max(0.0, second / (mean * mean) - 1.0))
 
     def _own_ttft_ms(self, isl: float) -> list[float]:
-        """A request's own TTFT without queueing at each ISL quantile (the distribution's
-        shape scaled to the planned mean): the part that capacity cannot remove."""
+        """A request's own TTFT without queueing at each ISL quantile (the observed
+        distribution, stretched when the forecast mean runs ahead of it; the prior shape at
+        the planned mean before any data): the part that capacity cannot remove."""
         # After prefill: the KV cache crosses the link, then the first decode step emits
         # the first token (at a typical ITL of a loaded decode engine).
         kv_bytes = self.profile.kv_bytes_per_token or DEFAULT_KV_BYTES_PER_TOKEN
@@ -212,8 +219,11 @@ class SlaPlanPolicy:
         first_step_ms = self.last_itl_ms or float(self.profile.decode_itl_ms_at(0.3, isl))
         fixed_ms = self.cfg.kv_latency_ms + first_step_ms
         out = []
-        for shape in self.isl_shape:
-            x = isl * shape
+        if self.isl_tail is None:
+            lengths = [isl * shape for shape in self.prior_shape]
+        else:
+            lengths = [x * self.tail_stretch for x in self.isl_tail]
+        for x in lengths:
             prefill_ms = float(self.profile.prefill_ttft_ms_at(x)) * self.p_corr
             out.append(prefill_ms + x * per_token_ms + fixed_ms)
         return out
@@ -377,10 +387,13 @@ class SlaPlanPolicy:
         self.last_isl, self.last_osl = obs.isl_mean, obs.osl_mean
         self.last_itl_ms = obs.itl_mean_ms
         if obs.isl_quantiles and obs.num_req >= self.opt["correction_min_requests"]:
-            seen = [q / obs.isl_mean for q in obs.isl_quantiles]
-            self.isl_shape = tuple(
-                0.5 * a + 0.5 * b for a, b in zip(self.isl_shape, seen, strict=True)
-            )
+            if self.isl_tail is None:
+                self.isl_tail, self.isl_level = obs.isl_quantiles, obs.isl_mean
+            else:
+                self.isl_tail = tuple(
+                    0.5 * a + 0.5 * b for a, b in zip(self.isl_tail, obs.isl_quantiles, strict=True)
+                )
+                self.isl_level = 0.5 * self.isl_level + 0.5 * obs.isl_mean
         lines: list[str] = []
         if cfg.correction:
             self._correct(obs, state, lines)
@@ -402,6 +415,8 @@ class SlaPlanPolicy:
             if startup is None:
                 startup = cfg.startup_prefill_s if role == "prefill" else cfg.startup_decode_s
             steps = max(1, math.ceil(startup / cfg.interval_s) + 1)
+            if role == "prefill":
+                steps_prefill = steps
             rates[role] = self._rate_ahead(steps, startup, lines, role) + backlog_rate
             # Lengths: the forecast, but never below the last observation (a smoothing
             # predictor lags a shift, and planning for shorter prompts than the ones
@@ -411,6 +426,10 @@ class SlaPlanPolicy:
                 max(_max_ahead(self.osl_pred, steps) or 0.0, obs.osl_mean),
             )
         isl = lengths["prefill"][0]
+        # Stretch the observed ISL distribution only by the forecast's growth of its mean
+        # (not by one noisy window: a trace's cap at 4,096 tokens stays at 4,096).
+        forecast_isl = _max_ahead(self.isl_pred, steps_prefill) or obs.isl_mean
+        self.tail_stretch = max(1.0, forecast_isl / self.isl_level) if self.isl_level else 1.0
         d_isl, osl = lengths["decode"]
 
         p_need = self.prefill_needed(rates["prefill"], isl)
@@ -564,14 +583,16 @@ class SlaPlanPolicy:
         a = self.opt["correction_alpha"]
         isl = obs.isl_mean
         fit_p = _solve_increasing(
-            lambda v: self._with(p_corr=v).prefill_miss(replicas, rate, isl, obs.ttft_p50_ms),
+            lambda v: self._with(p_corr=v, tail_stretch=1.0).prefill_miss(
+                replicas, rate, isl, obs.ttft_p50_ms
+            ),
             0.5,
             self.opt["correction_min"],
             self.opt["correction_max"],
         )
         new_p = _ema_log(self.p_corr, fit_p, a, max_step=1.2)
         fit_c = _solve_increasing(
-            lambda v: self._with(p_corr=new_p, arrival_cv2=v).prefill_miss(
+            lambda v: self._with(p_corr=new_p, arrival_cv2=v, tail_stretch=1.0).prefill_miss(
                 replicas, rate, isl, obs.ttft_p90_ms
             ),
             0.1,
