@@ -1,0 +1,112 @@
+"""`planlab decide`: one observed interval in, the decision and its arithmetic out."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from planlab.cli import main
+
+
+def test_decide_on_the_h200_profile_matches_dynamos_expectation(h200_profile_dir, capsys) -> None:
+    args = [
+        "decide",
+        "--profile",
+        str(h200_profile_dir),
+        "--num-req",
+        "1200",
+        "--isl",
+        "3000",
+        "--osl",
+        "150",
+        "--interval",
+        "60",
+        "--ttft",
+        "200",
+        "--itl",
+        "10",
+    ]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "decision: 2 prefill + 1 decode (3 GPUs)" in out
+    # the prefill formula with its numbers: 1200 x 3000 / 60 = 60,000 tok/s
+    assert "ceil(60000 / " in out
+
+
+def test_decide_json_is_a_decision_record(capsys) -> None:
+    args = [
+        "decide",
+        "--num-req",
+        "600",
+        "--isl",
+        "3000",
+        "--osl",
+        "150",
+        "--interval",
+        "60",
+        "--json",
+    ]
+    assert main(args) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["policy"] == "dynamo" and rec["applied"] is False
+    assert rec["observation"]["num_req"] == 600
+    assert rec["target"]["prefill"] >= 1 and rec["target"]["decode"] >= 1
+    assert rec["arithmetic"] and rec["rule"] == "scale"
+
+
+def test_decide_with_observed_latencies_applies_correction(capsys) -> None:
+    base = [
+        "decide",
+        "--num-req",
+        "1200",
+        "--isl",
+        "3000",
+        "--osl",
+        "150",
+        "--interval",
+        "60",
+        "--ttft",
+        "200",
+        "--itl",
+        "10",
+        "--json",
+    ]
+    assert main(base) == 0
+    plain = json.loads(capsys.readouterr().out)
+    # Observed ITL twice the profile's: the ITL target halves, so decode needs more.
+    assert (
+        main(
+            base
+            + [
+                "--observed-ttft",
+                "50",
+                "--observed-itl",
+                "40",
+                "--request-duration",
+                "2",
+                "--decode-replicas",
+                "1",
+            ]
+        )
+        == 0
+    )
+    corrected = json.loads(capsys.readouterr().out)
+    assert corrected["capacity"]["d_corr"] > 1.5
+    assert corrected["target"]["decode"] > plain["target"]["decode"]
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--isl", "-5"], "--isl: got -5, expected a number > 0"),
+        (["--budget", "1"], "planner.max_gpu_budget"),
+        (["--policy", "nosuch"], "unknown policy 'nosuch'"),
+        (["--observed-ttft", "50"], "give both --observed-ttft and --observed-itl"),
+    ],
+)
+def test_decide_bad_input_exits_2_with_one_line(capsys, extra, needle) -> None:
+    args = ["decide", "--num-req", "600", "--isl", "3000", "--osl", "150"] + extra
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1 and "Traceback" not in err
