@@ -1,31 +1,32 @@
 """`slaplan`: plans for the SLA as users state it ("99% of requests with TTFT <= X and
-ITL <= Y"), not for averages.
+ITL <= Y"), not for averages. docs/planner.md has the long version.
 
 Per tick and role:
-1. Forecast the request rate at every interval up to one startup time ahead (the startup
-   the connector measured, else the configured one), plus headroom from the predictor's own
-   upper quantile; capacity asked for now only serves after that startup.
-2. Size prefill from a queueing model of the TTFT tail: each replica an M/G/1 queue whose
-   work per request is ISL / tokens-per-s (profile), Gamma-distributed with the ISL's
-   observed CV, fed every c-th request by a round-robin router (Gamma(c) inter-arrival
-   times); the waiting time has the Cramer-Lundberg tail P(W > x) ~ rho exp(-g x), where
-   g solves E[exp(gS)] E[exp(-gA)] = 1 (Lindley's equation; exact for M/M/1). TTFT = W + the request's own prefill time at
-   its ISL (averaged over the ISL distribution) + KV transfer. The fewest replicas whose
-   queueing adds at most the TTFT share of the miss budget to the misses that no number
-   of replicas removes (prompts too long for the target on their own).
-3. Size decode from the ITL the profile gives at the KV usage and context the load implies:
-   in-flight requests per replica ~ Poisson(lambda * OSL * ITL / D) (M/G/inf per replica);
-   the fewest replicas whose concurrency quantile stays within the batch that still meets
-   the ITL target at context ISL + OSL/2.
-4. Correct both models from observed vs expected latency (ratio smoothed by an EMA and
-   bounded both ways, so capacity can go up as well as down).
-5. Stabilize: scale up at once within a step cap; scale down only to the highest
-   recommendation of a window, not before a minimum lifetime since the last scale-up.
-6. Share a binding GPU budget by giving each next GPU to the role where it cuts the
-   expected SLA misses most.
+1. Forecast one startup ahead: plan for the highest point forecast over the intervals until
+   capacity asked for now is ready (the startup the connector measured, else the
+   configured one), plus the predictor's own one-step upper-quantile headroom. Arrivals are
+   finished requests + growth of the in-flight gauge; a queue left at the window's end is
+   added as a rate to drain.
+2. Prefill from the TTFT tail: each replica a FIFO queue fed every c-th request by a
+   round-robin router, work per request ISL / tokens-per-s (profile), Gamma-distributed
+   with the ISL's CV; waiting time with the Cramer-Lundberg tail P(W > x) ~ rho exp(-g x),
+   g solving Lindley's equation E[exp(gS)] E[exp(-gA)] = 1 (exact for M/M/1). A request's
+   TTFT is that wait plus its own prefill time, the KV transfer and one decode step,
+   averaged over the observed ISL distribution. The fewest replicas keeping TTFT misses
+   within their share of the miss budget (above the floor of prompts too long on their own).
+3. Decode from ITL at the KV load: in-flight per replica from Little's law with the
+   profile's ITL at that load (a fixed point), its compound-Poisson KV quantile within the
+   batch that still meets the ITL target at context ISL + OSL/2.
+4. Corrections both ways, EMA-smoothed and bounded, from settled windows only: prefill
+   speed and arrival burstiness fitted to the observed TTFT p50 and p90; decode ITL
+   against the profile at the observed concurrency.
+5. Stability: scale up at once within a step cap; scale down only to the highest
+   recommendation of a window, not within one interval of a scale-up.
+6. A binding GPU budget: each role first gets what keeps up at all, then each next GPU
+   goes where the expected SLA misses drop most.
 Missing metrics hold; an idle service decays to the minimum after a grace period;
-replicas starting past a timeout are counted missing and replaced. Each record says
-which rule applied.
+replicas starting past the connector's timeout are counted missing and replaced. Each
+record's rule says which applied.
 """
 
 from __future__ import annotations
