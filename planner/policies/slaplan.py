@@ -188,6 +188,8 @@ class SlaPlanPolicy:
         self.last_osl: float | None = None
         self.idle_since: float | None = None
         self.last_inflight: float | None = None
+        self.isl_seen: deque[float] = deque(maxlen=4)  # the last mean ISL and OSL seen
+        self.osl_seen: deque[float] = deque(maxlen=4)
         # Ready replicas at the previous tick: a window is settled only if they held.
         self.last_ready: dict[str, int | None] = {"prefill": None, "decode": None}
         self.last_itl_ms: float | None = None  # observed mean ITL: the first token's step
@@ -386,6 +388,8 @@ class SlaPlanPolicy:
         if obs.queued is not None and obs.queued > 0:
             backlog_rate = obs.queued / obs.interval_s  # drain what waits within one interval
         self.last_isl, self.last_osl = obs.isl_mean, obs.osl_mean
+        self.isl_seen.append(obs.isl_mean)
+        self.osl_seen.append(obs.osl_mean)
         self.last_itl_ms = obs.itl_mean_ms
         if obs.isl_quantiles and obs.num_req >= self.opt["correction_min_requests"]:
             if self.isl_tail is None:
@@ -423,13 +427,16 @@ class SlaPlanPolicy:
             # predictor lags a shift, and planning for shorter prompts than the ones
             # arriving costs SLA; planning for longer costs little).
             lengths[role] = (
-                max(_max_ahead(self.isl_pred, steps) or 0.0, obs.isl_mean),
-                max(_max_ahead(self.osl_pred, steps) or 0.0, obs.osl_mean),
+                max(_max_ahead(self.isl_pred, steps) or 0.0, _trend_ahead(self.isl_seen, steps)),
+                max(_max_ahead(self.osl_pred, steps) or 0.0, _trend_ahead(self.osl_seen, steps)),
             )
         isl = lengths["prefill"][0]
         # Stretch the observed ISL distribution only by the forecast's growth of its mean
         # (not by one noisy window: a trace's cap at 4,096 tokens stays at 4,096).
-        forecast_isl = _max_ahead(self.isl_pred, steps_prefill) or obs.isl_mean
+        forecast_isl = max(
+            _max_ahead(self.isl_pred, steps_prefill) or 0.0,
+            _trend_ahead(self.isl_seen, steps_prefill),
+        )
         self.tail_stretch = max(1.0, forecast_isl / self.isl_level) if self.isl_level else 1.0
         d_isl, osl = lengths["decode"]
 
@@ -709,6 +716,19 @@ def _max_ahead(pred, steps: int) -> float | None:
     """Highest point forecast over the next `steps` intervals (None without data)."""
     values = [v for k in range(1, steps + 1) if (v := pred.predict(k)) is not None]
     return max(values) if values else None
+
+
+def _trend_ahead(seen: deque[float], steps: int) -> float:
+    """The last value, or, when each of the last four rose by more than 2% over the one
+    before (a climb, not noise), its linear extrapolation `steps` ahead: a smoothing
+    predictor lags a steady climb (of prompt length, say), and planning for shorter
+    prompts than arrive costs SLA."""
+    if not seen:
+        return 0.0
+    xs = list(seen)
+    if len(xs) == seen.maxlen and all(b > 1.02 * a for a, b in zip(xs, xs[1:], strict=False)):
+        return xs[-1] + (xs[-1] - xs[0]) / (len(xs) - 1) * steps
+    return xs[-1]
 
 
 def _finite_or_none(x: float) -> float | None:

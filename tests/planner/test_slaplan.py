@@ -137,3 +137,16 @@ def test_a_ttft_tail_worse_than_the_model_raises_capacity() -> None:
         b = worse.decide(obs_bad, make_state(3, 2), 60.0 * k)
     assert worse.arrival_cv2 > base.arrival_cv2
     assert b.prefill > a.prefill
+
+
+def test_lengths_follow_a_steady_climb_but_not_noise() -> None:
+    from collections import deque
+
+    from planner.policies.slaplan import _trend_ahead
+
+    climb = deque([2000.0, 2300.0, 2600.0, 2900.0], maxlen=4)
+    assert _trend_ahead(climb, 3) == pytest.approx(2900.0 + 300.0 * 3)
+    noisy = deque([1000.0, 1015.0, 1200.0, 1100.0], maxlen=4)  # not four 2% rises
+    assert _trend_ahead(noisy, 3) == 1100.0
+    short = deque([1.0, 2.0], maxlen=4)
+    assert _trend_ahead(short, 3) == 2.0
