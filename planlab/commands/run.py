@@ -108,6 +108,7 @@ def print_summary(summary: dict[str, Any], out_dir: Path | None) -> None:
     att = s["attainment"]
     gpu = s["gpu_hours"]
     wall = s.get("wall", {})
+    live = str((s.get("extra") or {}).get("mode", "")).startswith("live")
     rows = [
         ("scenario / policy", f"{s['scenario']} / {s['policy']}"),
         (
@@ -145,7 +146,7 @@ def print_summary(summary: dict[str, Any], out_dir: Path | None) -> None:
             (
                 "wall",
                 f"{wall['wall_s']:.2f} s ({_fmt(wall.get('sim_requests_per_wall_s'), ',.0f')} "
-                "simulated requests/s)",
+                + ("requests/s driven)" if live else "simulated requests/s)"),
             )
         )
     if out_dir is not None:
