@@ -104,3 +104,10 @@ def test_missing_scenario_file_exits_2(tmp_path, capsys):
     assert code == 2
     assert "nope.yaml" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_live_flags_without_live_exit_2(capsys):
+    from planlab.cli import main
+
+    assert main(["run", "scenarios/quickstart.yaml", "--emulate"]) == 2
+    assert "--emulate: only applies to a live run; add --live" in capsys.readouterr().err
