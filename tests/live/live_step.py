@@ -1,4 +1,4 @@
-"""One `planlab run --live --emulate` of tests/live/data/live_step.yaml, run once per test
+"""One `planlab run --live --emulate` of scenarios/live-step.yaml, run once per test
 session and shared by the end-to-end and the sim-vs-emulator tests (two minutes of wall
 time each would be too much to pay twice)."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from planlab.cli import main
 
-SCENARIO = Path(__file__).parent / "data" / "live_step.yaml"
+SCENARIO = Path(__file__).resolve().parents[2] / "scenarios" / "live-step.yaml"
 
 
 @functools.cache

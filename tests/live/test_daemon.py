@@ -25,7 +25,7 @@ from sim.workload import Requests
 
 pytestmark = [pytest.mark.live, pytest.mark.timeout(150)]
 
-SCENARIO = Path(__file__).parent / "data" / "live_step.yaml"
+SCENARIO = Path(__file__).resolve().parents[2] / "scenarios" / "live-step.yaml"
 RATE = 26.0  # req/s: the planner wants 2 prefill workers at this load (see the scenario)
 
 

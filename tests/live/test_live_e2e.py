@@ -14,7 +14,7 @@ from live_step import live_step_run
 
 pytestmark = [pytest.mark.live, pytest.mark.timeout(240)]
 
-STEP_S = 40.0  # the load steps from 8 to 26 req/s here (tests/live/data/live_step.yaml)
+STEP_S = 40.0  # the load steps from 8 to 26 req/s here (scenarios/live-step.yaml)
 STARTUP_S = 3.0
 INTERVAL_S = 10.0
 
