@@ -8,28 +8,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from tiny_scenario import tiny_yaml
 
 import planlab.compare as cmp
 from planlab.cli import main as cli_main
 from planner.errors import ConfigError
 
-TINY = """
-name: tiny
-seed: 5
-duration: 2m
-model:
-  analytic: {model: llama-3.1-8b, gpu: h200, dtype: fp8, tp: 1}
-cluster:
-  prefill: {replicas: 1, gpus_per_replica: 1, startup: 20s}
-  decode: {replicas: 1, gpus_per_replica: 1, startup: 20s}
-workload:
-  arrival: {process: poisson, rate: [[0, 2.0], [50s, 24.0]]}
-  isl: {dist: lognormal, mean: 3000, cv: 0.3, max: 16000}
-  osl: {dist: lognormal, mean: 100, cv: 0.3, max: 1000}
-sla: {ttft_ms: 200, itl_ms: 20, target_attainment: 0.95}
-planner: {policy: dynamo, interval: 30s, predictor: constant, max_gpu_budget: 8}
-prometheus: {scrape_interval: 5s}
-"""
+TINY = tiny_yaml(seed=5)
 
 
 @pytest.fixture

@@ -10,29 +10,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from tiny_scenario import tiny_yaml
 
 from planlab.report import PLOTS, write_report
 from planlab.results import compute_summary
 from planlab.runner import run_scenario
 from planlab.scenario import load_scenario
 
-TINY = """
-name: tiny
-seed: 3
-duration: 2m
-model:
-  analytic: {model: llama-3.1-8b, gpu: h200, dtype: fp8, tp: 1}
-cluster:
-  prefill: {replicas: 1, gpus_per_replica: 1, startup: 20s}
-  decode: {replicas: 1, gpus_per_replica: 1, startup: 20s}
-workload:
-  arrival: {process: poisson, rate: [[0, 2.0], [50s, 24.0]]}
-  isl: {dist: lognormal, mean: 3000, cv: 0.3, max: 16000}
-  osl: {dist: lognormal, mean: 100, cv: 0.3, max: 1000}
-sla: {ttft_ms: 200, itl_ms: 20, target_attainment: 0.95}
-planner: {policy: dynamo, interval: 30s, predictor: constant, max_gpu_budget: 8}
-prometheus: {scrape_interval: 5s}
-"""
+TINY = tiny_yaml(seed=3)
 
 
 @pytest.fixture(scope="module")

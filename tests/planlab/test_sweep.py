@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from tiny_scenario import tiny_yaml
 
 from planlab.cli import main as cli_main
 from planlab.runner import run_scenario
@@ -26,23 +27,7 @@ from planlab.scenario import (
 from planlab.sweep import find_max_rate, scale_scenario, scale_workload, split_values, sweep
 from planner.errors import ConfigError
 
-TINY = """
-name: tiny
-seed: 2
-duration: 2m
-model:
-  analytic: {model: llama-3.1-8b, gpu: h200, dtype: fp8, tp: 1}
-cluster:
-  prefill: {replicas: 1, gpus_per_replica: 1, startup: 20s}
-  decode: {replicas: 1, gpus_per_replica: 1, startup: 20s}
-workload:
-  arrival: {process: poisson, rate: 4.0}
-  isl: {dist: lognormal, mean: 3000, cv: 0.3, max: 16000}
-  osl: {dist: lognormal, mean: 100, cv: 0.3, max: 1000}
-sla: {ttft_ms: 200, itl_ms: 20, target_attainment: 0.95}
-planner: {policy: static, interval: 30s, predictor: constant}
-prometheus: {scrape_interval: 5s}
-"""
+TINY = tiny_yaml(seed=2, rate="4.0", planner="{policy: static, interval: 30s, predictor: constant}")
 
 
 @pytest.fixture
