@@ -1,6 +1,6 @@
 """CI regression on simulated traces: the suite under every policy against the recorded
 baseline (scenarios/suite/baseline.json; `planlab baseline update` rewrites it on
-purpose), and the suite's claim that slaplan beats dynamo and threshold everywhere."""
+purpose), and the suite's claim that slaplan beats static, dynamo and threshold everywhere."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def test_suite_has_not_regressed_against_the_baseline(suite_table) -> None:
 
 
 @pytest.mark.slow
-def test_slaplan_beats_dynamo_and_threshold_on_every_scenario(suite_table) -> None:
+def test_slaplan_beats_dynamo_threshold_and_static_on_every_scenario(suite_table) -> None:
     failures = bl.claim_failures(suite_table)
     assert not failures, "\n".join(failures)
 

@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Every suite scenario under every policy at its own seed: joint "
         "attainment and GPU-hours. `check` fails (exit 1) when attainment drops by more "
         "than half a point or GPU-hours grow by more than 3%, or when slaplan no longer "
-        "beats dynamo and threshold; `update` rewrites the file on purpose.",
+        "beats static, dynamo and threshold; `update` rewrites the file on purpose.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
