@@ -192,6 +192,11 @@ class RoleSpec:
     gpus_per_replica: int = 1
     startup_s: float = 120.0
     startup_jitter_s: float = 0.0
+    # A start that never becomes ready (image pull back-off, no schedulable node), with this
+    # probability per start; the connector reports it as stuck after startup_timeout_s
+    # (None: three times startup_s).
+    stuck_probability: float = 0.0
+    startup_timeout_s: float | None = None
     max_batch_tokens: int | None = None
     max_num_seqs: int | None = None
 
@@ -585,6 +590,8 @@ class _Parser:
             "startup_jitter",
             "max_batch_tokens",
             "max_num_seqs",
+            "stuck_probability",
+            "startup_timeout",
         )
         m = self.mapping({} if value is None else value, key, keys)
         d = RoleSpec()
@@ -596,6 +603,20 @@ class _Parser:
                 m["startup_jitter"],
                 f"at most the startup time ({startup:g} s)",
             )
+        stuck = self.number(
+            m.get("stuck_probability", 0.0), f"{key}.stuck_probability", nonneg=True
+        )
+        if stuck >= 1.0:
+            raise self.fail(f"{key}.stuck_probability", stuck, "a probability in [0, 1)")
+        timeout = None
+        if m.get("startup_timeout") is not None:
+            timeout = self.duration(m["startup_timeout"], f"{key}.startup_timeout")
+            if timeout <= startup:
+                raise self.fail(
+                    f"{key}.startup_timeout",
+                    m["startup_timeout"],
+                    f"more than startup ({startup:g} s)",
+                )
         return RoleSpec(
             replicas=self.integer(m.get("replicas", d.replicas), f"{key}.replicas", minimum=0),
             gpus_per_replica=self.integer(
@@ -607,6 +628,8 @@ class _Parser:
                 m.get("max_batch_tokens"), f"{key}.max_batch_tokens", minimum=1
             ),
             max_num_seqs=self.optional_int(m.get("max_num_seqs"), f"{key}.max_num_seqs", minimum=1),
+            stuck_probability=stuck,
+            startup_timeout_s=timeout,
         )
 
     def cluster(self, value: Any) -> ClusterSpec:
@@ -1021,6 +1044,10 @@ def _role_to_raw(r: RoleSpec) -> dict[str, Any]:
         out["max_batch_tokens"] = r.max_batch_tokens
     if r.max_num_seqs is not None:
         out["max_num_seqs"] = r.max_num_seqs
+    if r.stuck_probability:
+        out["stuck_probability"] = r.stuck_probability
+    if r.startup_timeout_s is not None:
+        out["startup_timeout"] = r.startup_timeout_s
     return out
 
 

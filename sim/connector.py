@@ -73,13 +73,19 @@ class SimConnector:
                 ready=pool.count(READY),
                 starting=pool.count(STARTING),
                 draining=pool.count(DRAINING),
-                stuck=0,
+                stuck=self._stuck(pool),
                 startup_s=tuple(pool.startup_observed[-20:]),
             )
 
         return ReplicaState(
             prefill=role_state(self.pools["prefill"]), decode=role_state(self.pools["decode"])
         )
+
+    def _stuck(self, pool: RolePool) -> int:
+        """Workers starting for longer than the role's startup timeout."""
+        timeout = pool.spec.startup_timeout_s or 3.0 * pool.spec.startup_s
+        now = self.env.now
+        return sum(1 for w in pool.alive if w.state == STARTING and now - w.t_requested > timeout)
 
     def scale(self, prefill: int, decode: int) -> bool:
         for role, n in (("prefill", prefill), ("decode", decode)):
@@ -107,8 +113,12 @@ class SimConnector:
                 self._new_worker(pool, ready=False)
         elif len(live) > pool.desired:
             excess = len(live) - pool.desired
-            # Starting workers first, newest first: they cost GPU time and serve nothing yet.
-            starting = sorted((w for w in live if w.state == STARTING), key=lambda w: -w.wid)
+            # Starting workers first: they cost GPU time and serve nothing yet. Among them
+            # those that will never be ready go first, then the newest (as a ReplicaSet
+            # deletes pending pods before running ones, newer before older).
+            starting = sorted(
+                (w for w in live if w.state == STARTING), key=lambda w: (not w.never_ready, -w.wid)
+            )
             for w in starting[:excess]:
                 self._cancel(w)
             excess -= min(excess, len(starting))
@@ -140,6 +150,9 @@ class SimConnector:
         pool.all.append(w)
         if ready:
             self.ready_changed = True
+        elif pool.spec.stuck_probability and self.rng.random() < pool.spec.stuck_probability:
+            # Never ready: it holds its GPUs (counted as startup) until cancelled.
+            w.never_ready = True
         else:
             delay = pool.spec.startup_s
             if pool.spec.startup_jitter_s > 0:

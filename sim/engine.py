@@ -89,6 +89,7 @@ class Worker:
         self.t_end = None
         self.inflight = 0
         self.gen = 0
+        self.never_ready = False  # a start that hangs (image pull back-off, unschedulable)
 
     @property
     def accepting(self) -> bool:

@@ -568,3 +568,21 @@ def test_not_a_mapping_and_empty_file(tmp_path):
 def test_missing_scenario_file(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml: scenario file not found"):
         load_scenario(tmp_path / "nope.yaml")
+
+
+def test_stuck_starts_keys(tmp_path):
+    data = copy.deepcopy(MINIMAL)
+    data["cluster"] = {
+        "prefill": {"startup": "60s", "stuck_probability": 0.25, "startup_timeout": "3m"}
+    }
+    s = load_scenario(write(tmp_path, data))
+    assert s.cluster.prefill.stuck_probability == 0.25
+    assert s.cluster.prefill.startup_timeout_s == 180.0
+    again = parse_scenario(yaml.safe_load(yaml.safe_dump(scenario_to_dict(s))), str(s.source))
+    assert again == s
+    data["cluster"]["prefill"]["stuck_probability"] = 1.0
+    msg = error_for(tmp_path, data)
+    assert "cluster.prefill.stuck_probability" in msg and "[0, 1)" in msg
+    data["cluster"]["prefill"].update(stuck_probability=0.1, startup_timeout="30s")
+    msg = error_for(tmp_path, data)
+    assert "cluster.prefill.startup_timeout" in msg and "more than startup (60 s)" in msg
