@@ -542,7 +542,7 @@ def table_rows(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
                 f(m["ttft_p99_ms"], ".1f"),
                 f(m["tpot_p99_ms"], ".2f"),
                 fmt_spread(m["gpu_hours"], m["gpu_hours_min"], m["gpu_hours_max"], ".3f"),
-                f(m["scaling_events"], ".1f"),
+                f(m["scaling_events"], ".0f" if int(m["runs"]) == 1 else ".1f"),  # a mean
                 f(m["goodput_per_gpu_hour"], ",.0f"),
             ]
         )
