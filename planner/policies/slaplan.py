@@ -34,6 +34,7 @@ from __future__ import annotations
 import copy
 import math
 from collections import deque
+from dataclasses import dataclass
 from statistics import NormalDist
 
 from planner.observation import QUANTILE_SLICES, Observation
@@ -62,6 +63,17 @@ DEFAULTS: dict[str, float] = {
     "max_rho": 0.95,  # never plan a replica above this utilisation
     "max_arrival_cv2": 30.0,  # bound on the fitted arrival burstiness
 }
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What one tick plans for: request rates over each role's horizon and the lengths."""
+
+    prefill_rate: float  # req/s
+    decode_rate: float  # req/s
+    isl: float  # mean input length for prefill
+    decode_isl: float  # mean input length for the decode context
+    osl: float
 
 
 # KV bytes per token when the profile does not say (Llama-3.1-8B, bf16 KV cache).
@@ -349,6 +361,16 @@ class SlaPlanPolicy:
     # ------------------------------------------------------------------ one tick
 
     def decide(self, obs: Observation, state: ReplicaState, now_s: float) -> Decision:
+        held = self._hold_or_idle(obs, state, now_s)
+        if held is not None:
+            return held
+        lines: list[str] = []
+        backlog_rate = self._learn(obs, state, lines)
+        plan = self._horizon(obs, state, backlog_rate, lines)
+        return self._size(plan, state, now_s, lines)
+
+    def _hold_or_idle(self, obs: Observation, state: ReplicaState, now_s: float) -> Decision | None:
+        """The rules for missing metrics and an idle service; None when neither applies."""
         cfg = self.cfg
         if obs.num_req is None or (not obs.idle and obs.missing):
             what = "request count" if obs.num_req is None else ", ".join(obs.missing)
@@ -359,26 +381,27 @@ class SlaPlanPolicy:
                 "hold-missing",
                 f"{what} missing ({'; '.join(obs.errors) or 'no data'}): holding",
             )
-
-        if obs.idle:
-            self.num_req_pred.observe(0.0)
-            self.isl_pred.observe(self.last_isl)
-            self.osl_pred.observe(self.last_osl)
-            if self.idle_since is None:
-                self.idle_since = now_s - obs.interval_s
-            idle_for = now_s - self.idle_since
-            if idle_for < self.opt["idle_grace_s"]:
-                return self._hold(
-                    state,
-                    "idle-grace",
-                    f"idle for {idle_for:.0f} s, within the {self.opt['idle_grace_s']:.0f} s grace: holding",
-                )
-            p, d = clamp_min_max(cfg.min_replicas, cfg.min_replicas, cfg)
-            return Decision(
-                p, d, "idle-min", f"idle for {idle_for:.0f} s: both roles to the minimum"
+        if not obs.idle:
+            self.idle_since = None
+            return None
+        self.num_req_pred.observe(0.0)
+        self.isl_pred.observe(self.last_isl)
+        self.osl_pred.observe(self.last_osl)
+        if self.idle_since is None:
+            self.idle_since = now_s - obs.interval_s
+        idle_for = now_s - self.idle_since
+        if idle_for < self.opt["idle_grace_s"]:
+            return self._hold(
+                state,
+                "idle-grace",
+                f"idle for {idle_for:.0f} s, within the {self.opt['idle_grace_s']:.0f} s grace: holding",
             )
-        self.idle_since = None
+        p, d = clamp_min_max(cfg.min_replicas, cfg.min_replicas, cfg)
+        return Decision(p, d, "idle-min", f"idle for {idle_for:.0f} s: both roles to the minimum")
 
+    def _learn(self, obs: Observation, state: ReplicaState, lines: list[str]) -> float:
+        """Feed the window to the predictors, the ISL distribution and the corrections;
+        returns the rate (req/s) needed to drain what was left queued."""
         # The request counter counts finished requests, which an overloaded cluster caps at
         # its capacity: arrivals = finished + growth of the in-flight gauge.
         arrivals = obs.num_req
@@ -399,8 +422,7 @@ class SlaPlanPolicy:
                     0.5 * a + 0.5 * b for a, b in zip(self.isl_tail, obs.isl_quantiles, strict=True)
                 )
                 self.isl_level = 0.5 * self.isl_level + 0.5 * obs.isl_mean
-        lines: list[str] = []
-        if cfg.correction:
+        if self.cfg.correction:
             self._correct(obs, state, lines)
         self.last_inflight = obs.inflight
         self.last_ready = {"prefill": state.prefill.ready, "decode": state.decode.ready}
@@ -412,45 +434,59 @@ class SlaPlanPolicy:
                 f"arrivals {arrivals:.0f} (finished {obs.num_req:.0f} + in-flight growth); "
                 f"{obs.queued or 0:.0f} queued -> +{backlog_rate:.2f} req/s to drain"
             )
+        return backlog_rate
 
-        # Plan each role for the worst interval until capacity asked for now is ready.
-        rates, lengths = {}, {}
+    def _horizon(
+        self, obs: Observation, state: ReplicaState, backlog_rate: float, lines: list[str]
+    ) -> _Plan:
+        """Per role, the worst interval until capacity asked for now is ready."""
+        cfg = self.cfg
+        rates, lengths, steps_of = {}, {}, {}
         for role, st in (("prefill", state.prefill), ("decode", state.decode)):
             startup = st.startup_estimate_s
             if startup is None:
                 startup = cfg.startup_prefill_s if role == "prefill" else cfg.startup_decode_s
-            steps = max(1, math.ceil(startup / cfg.interval_s) + 1)
-            if role == "prefill":
-                steps_prefill = steps
+            steps = steps_of[role] = max(1, math.ceil(startup / cfg.interval_s) + 1)
             rates[role] = self._rate_ahead(steps, startup, lines, role) + backlog_rate
-            # Lengths: the forecast, but never below the last observation (a smoothing
-            # predictor lags a shift, and planning for shorter prompts than the ones
-            # arriving costs SLA; planning for longer costs little).
+            # Lengths: the forecast, but never below the last observation or its steady
+            # climb (a smoothing predictor lags a shift, and planning for shorter prompts
+            # than the ones arriving costs SLA; planning for longer costs little).
             lengths[role] = (
                 max(_max_ahead(self.isl_pred, steps) or 0.0, _trend_ahead(self.isl_seen, steps)),
                 max(_max_ahead(self.osl_pred, steps) or 0.0, _trend_ahead(self.osl_seen, steps)),
             )
-        isl = lengths["prefill"][0]
         # Stretch the observed ISL distribution only by the forecast's growth of its mean
         # (not by one noisy window: a trace's cap at 4,096 tokens stays at 4,096).
         forecast_isl = max(
-            _max_ahead(self.isl_pred, steps_prefill) or 0.0,
-            _trend_ahead(self.isl_seen, steps_prefill),
+            _max_ahead(self.isl_pred, steps_of["prefill"]) or 0.0,
+            _trend_ahead(self.isl_seen, steps_of["prefill"]),
         )
         self.tail_stretch = max(1.0, forecast_isl / self.isl_level) if self.isl_level else 1.0
-        d_isl, osl = lengths["decode"]
+        return _Plan(
+            prefill_rate=rates["prefill"],
+            decode_rate=rates["decode"],
+            isl=lengths["prefill"][0],
+            decode_isl=lengths["decode"][0],
+            osl=lengths["decode"][1],
+        )
 
-        p_need = self.prefill_needed(rates["prefill"], isl)
-        d_need = self.decode_needed(rates["decode"], d_isl, osl)
+    def _size(self, plan: _Plan, state: ReplicaState, now_s: float, lines: list[str]) -> Decision:
+        """Replicas per role for the plan, then stability, stuck starts and the budget."""
+        cfg = self.cfg
+        isl, d_isl, osl = plan.isl, plan.decode_isl, plan.osl
+        p_need = self.prefill_needed(plan.prefill_rate, isl)
+        d_need = self.decode_needed(plan.decode_rate, d_isl, osl)
         lines.append(
-            f"prefill: {rates['prefill']:.2f} req/s at ISL {isl:.0f}, service {1000 * self.prefill_service_s(isl):.1f} ms"
-            f" (x{self.p_corr:.2f}): P(TTFT > {cfg.ttft_ms:g} ms) <= {self.eps_ttft:.3%} needs {p_need}"
+            f"prefill: {plan.prefill_rate:.2f} req/s at ISL {isl:.0f}, service "
+            f"{1000 * self.prefill_service_s(isl):.1f} ms (x{self.p_corr:.2f}): "
+            f"P(TTFT > {cfg.ttft_ms:g} ms) <= {self.eps_ttft:.3%} needs {p_need}"
         )
         n_max, itl_at, context = self.decode_limit(d_isl, osl)
         lines.append(
-            f"decode: {self.decode_inflight(rates['decode'], d_isl, osl, d_need):.1f} in flight per replica at context {context:.0f}; "
-            f"<= {n_max:.0f}/replica keeps ITL {itl_at:.1f} ms <= {cfg.itl_ms / self.d_corr:.1f} ms "
-            f"(target / {self.d_corr:.2f}) at z={self.opt['decode_z']:g}: needs {d_need}"
+            f"decode: {self.decode_inflight(plan.decode_rate, d_isl, osl, d_need):.1f} in flight "
+            f"per replica at context {context:.0f}; <= {n_max:.0f}/replica keeps ITL "
+            f"{itl_at:.1f} ms <= {cfg.itl_ms / self.d_corr:.1f} ms (target / {self.d_corr:.2f}) "
+            f"at z={self.opt['decode_z']:g}: needs {d_need}"
         )
 
         # Capacity stuck in start-up is counted missing: ask for replacements on top.
@@ -467,7 +503,7 @@ class SlaPlanPolicy:
         p = self._stabilize("prefill", p_want, state.prefill.desired, now_s, lines)
         d = self._stabilize("decode", d_want, state.decode.desired, now_s, lines)
         p, d = clamp_min_max(p, d, cfg)
-        p, d, budget_note = self._share_budget(p, d, rates, isl, osl)
+        p, d, budget_note = self._share_budget(p, d, plan)
         if budget_note:
             lines.append(budget_note)
             rules.append("budget")
@@ -477,34 +513,35 @@ class SlaPlanPolicy:
             decode=d,
             rule="+".join(rules),
             reason=(
-                f"plan for {rates['prefill']:.2f}/{rates['decode']:.2f} req/s (prefill/decode horizon) at "
-                f"ISL {isl:.0f}/OSL {osl:.0f}: need {p_need}P + {d_need}D -> {p}P + {d}D"
+                f"plan for {plan.prefill_rate:.2f}/{plan.decode_rate:.2f} req/s "
+                f"(prefill/decode horizon) at ISL {isl:.0f}/OSL {osl:.0f}: "
+                f"need {p_need}P + {d_need}D -> {p}P + {d}D"
             ),
             prediction={
                 "num_req": self.num_req_pred.predict(),
                 "isl": isl,
                 "osl": osl,
-                "rate_prefill_horizon": rates["prefill"],
-                "rate_decode_horizon": rates["decode"],
+                "rate_prefill_horizon": plan.prefill_rate,
+                "rate_decode_horizon": plan.decode_rate,
             },
             demand={
-                "prefill_tokens_per_s": rates["prefill"] * isl,
-                "decode_tokens_per_s": rates["decode"] * osl,
+                "prefill_tokens_per_s": plan.prefill_rate * isl,
+                "decode_tokens_per_s": plan.decode_rate * osl,
             },
             capacity={
                 "prefill_tokens_per_s_per_replica": isl / self.prefill_service_s(isl),
                 "decode_max_inflight_per_replica": n_max,
                 "p_corr": self.p_corr,
                 "d_corr": self.d_corr,
-                "prefill_miss": self.prefill_miss(p, rates["prefill"], isl),
+                "prefill_miss": self.prefill_miss(p, plan.prefill_rate, isl),
                 "expected_ttft_at_target_quantile_ms": _finite_or_none(
-                    self.prefill_ttft_quantile_ms(p, rates["prefill"], isl, cfg.target_attainment)
+                    self.prefill_ttft_quantile_ms(p, plan.prefill_rate, isl, cfg.target_attainment)
                 ),
-                "decode_miss": self.decode_miss(d, rates["decode"], isl, osl),
+                "decode_miss": self.decode_miss(d, plan.decode_rate, d_isl, osl),
             },
             # The median, comparable with the observed mean; the tail is in capacity.
             expected_ttft_ms=_finite_or_none(
-                self.prefill_ttft_quantile_ms(p, rates["prefill"], isl, 0.5)
+                self.prefill_ttft_quantile_ms(p, plan.prefill_rate, isl, 0.5)
             ),
             expected_itl_ms=itl_at * self.d_corr,
             arithmetic=tuple(lines),
@@ -655,9 +692,7 @@ class SlaPlanPolicy:
             )
         return min(out, current)
 
-    def _share_budget(
-        self, p: int, d: int, rates: dict[str, float], isl: float, osl: float
-    ) -> tuple[int, int, str | None]:
+    def _share_budget(self, p: int, d: int, plan: _Plan) -> tuple[int, int, str | None]:
         cfg = self.cfg
         budget = cfg.max_gpu_budget
         if budget is None or cfg.gpus(p, d) <= budget:
@@ -666,8 +701,11 @@ class SlaPlanPolicy:
         # Start each role at the fewest replicas that keep up at all (below that every
         # request misses, so marginal gains are flat); if even that does not fit, share
         # the budget in proportion as Dynamo does.
-        bp = max(cfg.min_replicas, min(p, self._stable_prefill(rates["prefill"], isl)))
-        bd = max(cfg.min_replicas, min(d, self._stable_decode(rates["decode"], isl, osl)))
+        bp = max(cfg.min_replicas, min(p, self._stable_prefill(plan.prefill_rate, plan.isl)))
+        bd = max(
+            cfg.min_replicas,
+            min(d, self._stable_decode(plan.decode_rate, plan.decode_isl, plan.osl)),
+        )
         if cfg.gpus(bp, bd) > budget:
             bp, bd, _ = apply_budget(bp, bd, cfg)
         # Then give each next engine to the role whose expected misses per GPU drop most;
@@ -675,14 +713,14 @@ class SlaPlanPolicy:
         while True:
             options = []
             if bp < p and cfg.gpus(bp + 1, bd) <= budget:
-                gain = self.prefill_miss(bp, rates["prefill"], isl) - self.prefill_miss(
-                    bp + 1, rates["prefill"], isl
+                gain = self.prefill_miss(bp, plan.prefill_rate, plan.isl) - self.prefill_miss(
+                    bp + 1, plan.prefill_rate, plan.isl
                 )
                 options.append((gain / gp, p / bp, "prefill"))
             if bd < d and cfg.gpus(bp, bd + 1) <= budget:
-                gain = self.decode_miss(bd, rates["decode"], isl, osl) - self.decode_miss(
-                    bd + 1, rates["decode"], isl, osl
-                )
+                gain = self.decode_miss(
+                    bd, plan.decode_rate, plan.decode_isl, plan.osl
+                ) - self.decode_miss(bd + 1, plan.decode_rate, plan.decode_isl, plan.osl)
                 options.append((gain / gd, d / bd, "decode"))
             if not options:
                 break
