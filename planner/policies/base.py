@@ -88,3 +88,11 @@ def apply_budget(p: int, d: int, cfg: PlannerConfig) -> tuple[int, int, str | No
         f"scale {s:.3f} -> {new_p}P + {new_d}D"
     )
     return int(new_p), int(new_d), note
+
+
+def hold(state: ReplicaState, cfg: PlannerConfig, rule: str, reason: str) -> Decision:
+    """Keep the current desired size (within min/max and the budget): the rule every
+    policy applies when it cannot decide (missing metrics, no forecast yet)."""
+    p, d = clamp_min_max(state.prefill.desired, state.decode.desired, cfg)
+    p, d, _ = apply_budget(p, d, cfg)
+    return Decision(prefill=p, decode=d, rule=rule, reason=reason)

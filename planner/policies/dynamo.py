@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 
 from planner.observation import Observation
-from planner.policies.base import apply_budget, clamp_min_max, register, validate_budget
+from planner.policies.base import apply_budget, clamp_min_max, hold, register, validate_budget
 from planner.predictors import make_predictor
 from planner.profile import PerfProfile
 from planner.types import Decision, PlannerConfig, ReplicaState
@@ -44,8 +44,8 @@ class DynamoPolicy:
     def decide(self, obs: Observation, state: ReplicaState, now_s: float) -> Decision:
         cfg = self.cfg
         if obs.num_req is None:
-            return self._hold(
-                state, "hold-missing", f"request count missing ({_why(obs)}): holding"
+            return hold(
+                state, self.cfg, "hold-missing", f"request count missing ({_why(obs)}): holding"
             )
         if obs.idle:
             self.num_req_predictor.observe(0.0)
@@ -61,8 +61,9 @@ class DynamoPolicy:
             )
         if obs.missing:
             self.num_req_predictor.observe(obs.num_req)
-            return self._hold(
+            return hold(
                 state,
+                self.cfg,
                 "hold-missing",
                 f"{obs.num_req:g} requests but {', '.join(obs.missing)} missing ({_why(obs)}): holding",
             )
@@ -81,7 +82,7 @@ class DynamoPolicy:
         isl = self.isl_predictor.predict()
         osl = self.osl_predictor.predict()
         if num_req is None or isl is None or osl is None or isl <= 0 or osl <= 0:
-            return self._hold(state, "hold-predictor", "predictor has no forecast yet: holding")
+            return hold(state, self.cfg, "hold-predictor", "predictor has no forecast yet: holding")
         return self._size(num_req, isl, osl, state, lines)
 
     def _update_correction(self, obs: Observation, state: ReplicaState, lines: list[str]) -> None:
@@ -171,11 +172,6 @@ class DynamoPolicy:
             expected_itl_ms=float(d_itl),
             arithmetic=tuple(lines),
         )
-
-    def _hold(self, state: ReplicaState, rule: str, reason: str) -> Decision:
-        p, d = clamp_min_max(state.prefill.desired, state.decode.desired, self.cfg)
-        p, d, _ = apply_budget(p, d, self.cfg)
-        return Decision(prefill=p, decode=d, rule=rule, reason=reason)
 
 
 def _why(obs: Observation) -> str:

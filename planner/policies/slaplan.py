@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from statistics import NormalDist
 
 from planner.observation import QUANTILE_SLICES, Observation
-from planner.policies.base import apply_budget, clamp_min_max, register, validate_budget
+from planner.policies.base import apply_budget, clamp_min_max, hold, register, validate_budget
 from planner.predictors import make_predictor
 from planner.profile import PerfProfile
 from planner.types import Decision, PlannerConfig, ReplicaState
@@ -376,8 +376,9 @@ class SlaPlanPolicy:
             what = "request count" if obs.num_req is None else ", ".join(obs.missing)
             if obs.num_req is not None:
                 self.num_req_pred.observe(obs.num_req)
-            return self._hold(
+            return hold(
                 state,
+                self.cfg,
                 "hold-missing",
                 f"{what} missing ({'; '.join(obs.errors) or 'no data'}): holding",
             )
@@ -391,8 +392,9 @@ class SlaPlanPolicy:
             self.idle_since = now_s - obs.interval_s
         idle_for = now_s - self.idle_since
         if idle_for < self.opt["idle_grace_s"]:
-            return self._hold(
+            return hold(
                 state,
+                self.cfg,
                 "idle-grace",
                 f"idle for {idle_for:.0f} s, within the {self.opt['idle_grace_s']:.0f} s grace: holding",
             )
@@ -743,11 +745,6 @@ class SlaPlanPolicy:
         while d < 1024 and not math.isfinite(self.decode_inflight(rate, isl, osl, d)):
             d += 1
         return d
-
-    def _hold(self, state: ReplicaState, rule: str, reason: str) -> Decision:
-        p, d = clamp_min_max(state.prefill.desired, state.decode.desired, self.cfg)
-        p, d, _ = apply_budget(p, d, self.cfg)
-        return Decision(p, d, rule, reason)
 
 
 def _max_ahead(pred, steps: int) -> float | None:

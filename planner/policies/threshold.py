@@ -18,7 +18,7 @@ import math
 from collections import deque
 
 from planner.observation import Observation
-from planner.policies.base import apply_budget, clamp_min_max, register, validate_budget
+from planner.policies.base import apply_budget, clamp_min_max, hold, register, validate_budget
 from planner.profile import PerfProfile
 from planner.types import Decision, PlannerConfig, ReplicaState
 
@@ -93,9 +93,10 @@ class ThresholdPolicy:
     def decide(self, obs: Observation, state: ReplicaState, now_s: float) -> Decision:
         cfg = self.cfg
         if obs.num_req is None or (not obs.idle and obs.missing):
-            p, d = clamp_min_max(state.prefill.desired, state.decode.desired, cfg)
             what = "num_req" if obs.num_req is None else ", ".join(obs.missing)
-            return Decision(p, d, "hold-missing", f"{what} missing: holding (HPA skips the metric)")
+            return hold(
+                state, cfg, "hold-missing", f"{what} missing: holding (HPA skips the metric)"
+            )
         if obs.idle:
             signals = {"prefill": 0.0, "decode": 0.0}
         else:

@@ -10,23 +10,11 @@ from planlab.cli import main
 
 
 def test_decide_on_the_h200_profile_matches_dynamos_expectation(h200_profile_dir, capsys) -> None:
-    args = [
-        "decide",
-        "--profile",
-        str(h200_profile_dir),
-        "--num-req",
-        "1200",
-        "--isl",
-        "3000",
-        "--osl",
-        "150",
-        "--interval",
-        "60",
-        "--ttft",
-        "200",
-        "--itl",
-        "10",
-    ]
+    args = (
+        "decide --profile".split()
+        + [str(h200_profile_dir)]
+        + "--num-req 1200 --isl 3000 --osl 150 --interval 60 --ttft 200 --itl 10".split()
+    )
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "decision: 2 prefill + 1 decode (3 GPUs)" in out
@@ -35,18 +23,7 @@ def test_decide_on_the_h200_profile_matches_dynamos_expectation(h200_profile_dir
 
 
 def test_decide_json_is_a_decision_record(capsys) -> None:
-    args = [
-        "decide",
-        "--num-req",
-        "600",
-        "--isl",
-        "3000",
-        "--osl",
-        "150",
-        "--interval",
-        "60",
-        "--json",
-    ]
+    args = "decide --num-req 600 --isl 3000 --osl 150 --interval 60 --json".split()
     assert main(args) == 0
     rec = json.loads(capsys.readouterr().out)
     assert rec["policy"] == "dynamo" and rec["applied"] is False
@@ -56,41 +33,12 @@ def test_decide_json_is_a_decision_record(capsys) -> None:
 
 
 def test_decide_with_observed_latencies_applies_correction(capsys) -> None:
-    base = [
-        "decide",
-        "--num-req",
-        "1200",
-        "--isl",
-        "3000",
-        "--osl",
-        "150",
-        "--interval",
-        "60",
-        "--ttft",
-        "200",
-        "--itl",
-        "10",
-        "--json",
-    ]
+    base = "decide --num-req 1200 --isl 3000 --osl 150 --interval 60 --ttft 200 --itl 10 --json".split()
     assert main(base) == 0
     plain = json.loads(capsys.readouterr().out)
     # Observed ITL twice the profile's: the ITL target halves, so decode needs more.
-    assert (
-        main(
-            base
-            + [
-                "--observed-ttft",
-                "50",
-                "--observed-itl",
-                "40",
-                "--request-duration",
-                "2",
-                "--decode-replicas",
-                "1",
-            ]
-        )
-        == 0
-    )
+    extra = "--observed-ttft 50 --observed-itl 40 --request-duration 2 --decode-replicas 1"
+    assert main(base + extra.split()) == 0
     corrected = json.loads(capsys.readouterr().out)
     assert corrected["capacity"]["d_corr"] > 1.5
     assert corrected["target"]["decode"] > plain["target"]["decode"]
