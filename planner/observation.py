@@ -30,6 +30,11 @@ class HistogramDelta:
     def quantile(self, q: float) -> float | None:
         return histogram_quantile(q, self.upper_bounds, self.cumulative)
 
+    def fraction_above(self, x: float) -> float | None:
+        """Share of the observations above x, interpolating linearly inside x's bucket as
+        histogram_quantile does (its inverse); None when the histogram is empty."""
+        return cdf_fraction_above(sparse_cdf(self.upper_bounds, self.cumulative), x)
+
     def cv(self) -> float | None:
         """Coefficient of variation, from each bucket's geometric midpoint (the +Inf bucket
         counts at its lower bound); scaled so the mean equals sum/count. None when empty."""
@@ -90,6 +95,45 @@ def histogram_quantile(
             return prev_bound + (bound - prev_bound) * (rank - prev_count) / in_bucket
         prev_count, prev_bound = running, bound
     return float(upper_bounds[-1]) if upper_bounds else None
+
+
+def sparse_cdf(
+    upper_bounds: tuple[float, ...], cumulative: tuple[float, ...], scale: float = 1.0
+) -> tuple[tuple[float, float], ...] | None:
+    """The histogram as (upper bound x scale, share at or below it) at the finite bounds
+    where the share rises, each with the bound before it (what interpolation needs); the
+    share the last pair leaves short of 1 lies in +Inf. None when empty. Compact enough
+    to keep in every decision record."""
+    if len(cumulative) != len(upper_bounds) + 1:
+        raise ValueError("cumulative needs one entry per finite bound plus +Inf")
+    total = cumulative[-1]
+    if not total > 0 or not math.isfinite(total):
+        return None
+    keep: list[tuple[float, float]] = []
+    running = prev = 0.0
+    for i, (bound, count) in enumerate(zip(upper_bounds, cumulative[:-1], strict=True)):
+        running = max(running, count)  # Prometheus' repair of scrape-timing dips
+        share = min(1.0, running / total)
+        if share > prev:
+            if i > 0 and (not keep or keep[-1][0] != upper_bounds[i - 1] * scale):
+                keep.append((upper_bounds[i - 1] * scale, prev))
+            keep.append((bound * scale, share))
+            prev = share
+    return tuple(keep)
+
+
+def cdf_fraction_above(cdf: tuple[tuple[float, float], ...] | None, x: float) -> float | None:
+    """1 - F(x) for a sparse_cdf: linear inside the bucket holding x (the lowest bucket
+    starts at 0), past the last bound whatever lies in +Inf. None without data."""
+    if cdf is None:
+        return None
+    lo_bound, lo_share = 0.0, 0.0
+    for bound, share in cdf:
+        if x < bound:
+            frac = max(0.0, (x - lo_bound) / (bound - lo_bound))
+            return 1.0 - (lo_share + (share - lo_share) * frac)
+        lo_bound, lo_share = bound, share
+    return 1.0 - lo_share
 
 
 def _quantile_slices() -> tuple[tuple[float, float], ...]:
@@ -156,6 +200,9 @@ class Observation:
     # ISL at the middle of each QUANTILE_SLICES slice (from the histogram), for policies
     # that need the shape of the distribution and not only its mean.
     isl_quantiles: tuple[float, ...] | None = None
+    # The window's TTFT distribution, (bound ms, share <= bound) where it changes (see
+    # sparse_cdf; cdf_fraction_above reads it): how many requests missed a TTFT target.
+    ttft_cdf_ms: tuple[tuple[float, float], ...] | None = None
     missing: tuple[str, ...] = field(default_factory=tuple)
     errors: tuple[str, ...] = field(default_factory=tuple)
 
@@ -217,6 +264,11 @@ def build_observation(stats: WindowStats) -> Observation:
         queued=_finite(stats.queued),
         isl_cv=None if stats.isl_tokens is None else _finite(stats.isl_tokens.cv()),
         isl_quantiles=_slice_quantiles(stats.isl_tokens),
+        ttft_cdf_ms=(
+            None
+            if stats.ttft_s is None
+            else sparse_cdf(stats.ttft_s.upper_bounds, stats.ttft_s.cumulative, 1000.0)
+        ),
     )
     missing: list[str] = []
     if num_req is None:

@@ -7,7 +7,14 @@ import math
 
 import pytest
 
-from planner.observation import HistogramDelta, WindowStats, build_observation, histogram_quantile
+from planner.observation import (
+    HistogramDelta,
+    WindowStats,
+    build_observation,
+    cdf_fraction_above,
+    histogram_quantile,
+    sparse_cdf,
+)
 from planner.types import Decision, DecisionRecord, ReplicaState, RoleState
 
 BOUNDS = (0.1, 0.2, 0.4, 0.8)
@@ -70,6 +77,41 @@ def test_observation_means_rates_and_percentiles_in_ms() -> None:
     assert obs.request_duration_mean_s == pytest.approx(3.0)
     assert obs.inflight == 7.0
     assert obs.missing == ()
+
+
+def test_share_above_a_target_is_the_inverse_of_the_quantile() -> None:
+    # 100 requests: 10 <= 0.1 s, 20 in (0.1, 0.2], 60 in (0.2, 0.4], 10 in (0.4, 0.8].
+    h = _h((10, 30, 90, 100, 100), 25.0)
+    for q in (0.05, 0.2, 0.5, 0.9, 0.95):
+        assert h.fraction_above(h.quantile(q)) == pytest.approx(1 - q)
+    assert h.fraction_above(0.4) == pytest.approx(0.10)
+    assert h.fraction_above(0.6) == pytest.approx(0.05)  # half of the last bucket
+    assert h.fraction_above(5.0) == 0.0
+
+
+def test_observation_keeps_the_ttft_distribution_compactly_in_ms() -> None:
+    # Empty buckets below, between and above drop out; the bound before each rise stays.
+    cdf = sparse_cdf((0.1, 0.2, 0.4, 0.8, 1.6), (0, 0, 50, 50, 90, 100), 1000.0)
+    assert cdf == ((200.0, 0.0), (400.0, 0.5), (800.0, 0.5), (1600.0, 0.9))
+    assert cdf_fraction_above(cdf, 300.0) == pytest.approx(0.75)
+    assert cdf_fraction_above(cdf, 600.0) == pytest.approx(0.5)
+    assert cdf_fraction_above(cdf, 2000.0) == pytest.approx(0.1)  # the +Inf bucket
+    assert cdf_fraction_above(None, 300.0) is None
+    assert sparse_cdf((0.1,), (0, 0)) is None
+    obs = build_observation(
+        WindowStats(
+            t_s=60.0,
+            window_s=60.0,
+            requests=100.0,
+            ttft_s=_h((10, 30, 90, 100, 100), 25.0),
+            itl_s=None,
+            duration_s=None,
+            isl_tokens=None,
+            osl_tokens=None,
+        )
+    )
+    assert cdf_fraction_above(obs.ttft_cdf_ms, 400.0) == pytest.approx(0.10)
+    json.dumps(obs.to_dict(), allow_nan=False)  # finite: fits a decision record
 
 
 def test_missing_statistics_are_named_not_zeroed() -> None:
