@@ -242,10 +242,11 @@ class MovingAveragePredictor(_Base):
 
 
 class _HoltState:
-    """Double exponential smoothing recursions (level, trend), without the shared rules."""
+    """Double exponential smoothing recursions (level, trend), without the shared rules;
+    with a damped trend when phi < 1 (Gardner & McKenzie 1985)."""
 
-    def __init__(self, alpha: float, beta: float) -> None:
-        self.alpha, self.beta = alpha, beta
+    def __init__(self, alpha: float, beta: float, phi: float = 1.0) -> None:
+        self.alpha, self.beta, self.phi = alpha, beta, phi
         self.n = 0
         self.level = 0.0
         self.trend = 0.0
@@ -260,30 +261,39 @@ class _HoltState:
             self.level = v
         else:
             prev = self.level
-            self.level = self.alpha * v + (1 - self.alpha) * (prev + self.trend)
-            self.trend = self.beta * (self.level - prev) + (1 - self.beta) * self.trend
+            damped = self.phi * self.trend
+            self.level = self.alpha * v + (1 - self.alpha) * (prev + damped)
+            self.trend = self.beta * (self.level - prev) + (1 - self.beta) * damped
         self.n += 1
 
     def skip(self) -> None:
         if self.n == 1:
             self.gap += 1
         elif self.n >= 2:
+            self.trend *= self.phi
             self.level += self.trend
 
     def forecast(self, steps: int) -> float:
-        return self.level + steps * self.trend
+        phi = self.phi
+        if phi == 1.0:
+            return self.level + steps * self.trend
+        # phi + phi^2 + ... + phi^steps: the trend fades, the forecast levels off.
+        return self.level + phi * (1 - phi**steps) / (1 - phi) * self.trend
 
 
 class HoltPredictor(_Base):
-    """Holt's linear (double exponential) smoothing: level `alpha`, trend `beta`."""
+    """Holt's linear (double exponential) smoothing: level `alpha`, trend `beta`, and
+    `damping` phi in (0, 1] (1: the classic linear trend; below 1 the trend fades over the
+    horizon, which stops a forecast several steps ahead from overshooting a turn)."""
 
     name = "holt"
 
-    def __init__(self, alpha: float = 0.5, beta: float = 0.1) -> None:
+    def __init__(self, alpha: float = 0.5, beta: float = 0.1, damping: float = 1.0) -> None:
         super().__init__()
         self.alpha = _real("alpha", alpha, lo=0.0, hi=1.0, lo_open=True)
         self.beta = _real("beta", beta, lo=0.0, hi=1.0)
-        self._holt = _HoltState(self.alpha, self.beta)
+        self.damping = _real("damping", damping, lo=0.0, hi=1.0, lo_open=True)
+        self._holt = _HoltState(self.alpha, self.beta, self.damping)
 
     def _update(self, v: float) -> None:
         self._holt.update(v)

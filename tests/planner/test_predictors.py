@@ -336,3 +336,30 @@ def test_make_predictor_accepts_edges_and_auto_order():
     pred = make_predictor("arima", order="auto", refit_every=50)
     pred.warm_start(sine_series(n=40, period=12))
     assert pred.predict() is not None and pred._fit_order is not None
+
+
+def test_damped_holt_levels_off_where_the_linear_trend_runs_on():
+    # alpha 1, beta 1 after 1, 2, 3: level 3, trend 3 - 2 = 1 (the damped trend carried
+    # into the update, 0.5, is fully replaced with beta 1). The damped forecast h steps
+    # ahead is 3 + (phi + ... + phi^h) * 1 = 3 + (1 - 0.5^h) with phi 0.5: it tends to 4.
+    linear = make_predictor("holt", alpha=1.0, beta=1.0)
+    damped = make_predictor("holt", alpha=1.0, beta=1.0, damping=0.5)
+    for v in (1.0, 2.0, 3.0):
+        linear.observe(v)
+        damped.observe(v)
+    assert [linear.predict(h) for h in (1, 2, 3)] == pytest.approx([4.0, 5.0, 6.0])
+    assert [damped.predict(h) for h in (1, 2, 3, 30)] == pytest.approx([3.5, 3.75, 3.875, 4.0])
+    # A missing interval moves the level by the damped trend and damps the trend once more.
+    damped.observe(None)
+    assert damped.predict(1) == pytest.approx(3.5 + 0.25)
+
+
+def test_damping_one_is_the_classic_holt_and_bad_damping_is_named():
+    a = make_predictor("holt", alpha=0.4, beta=0.2)
+    b = make_predictor("holt", alpha=0.4, beta=0.2, damping=1.0)
+    for v in (5.0, 7.0, 6.0, 9.0, 12.0):
+        a.observe(v)
+        b.observe(v)
+    assert [a.predict(h) for h in (1, 4)] == [b.predict(h) for h in (1, 4)]
+    with pytest.raises(ConfigError, match="planner.predictor_options.damping"):
+        make_predictor("holt", damping=0.0)
