@@ -4,6 +4,10 @@ Per interval and role it asks for the fewest replicas whose SLA-feasible through
 the profile, at that interval's actual mean ISL/OSL) covers the demand of that interval,
 placed one startup time ahead. It plans on throughput alone, with no headroom for queueing
 or bursts, so its GPU-hours bound any policy from below; its attainment is not a target.
+
+Options `prefill_utilisation` and `decode_utilisation` (default 1) plan each role at that
+share of its throughput instead: the same perfect knowledge with uniform headroom, a ladder
+of schedules that shows how many GPU-hours a known future needs to meet the SLA at all.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ class OraclePolicy:
             )
         self.cfg = cfg
         self.profile = profile
+        self.utilisation = {
+            role: _share(cfg, f"{role}_utilisation") for role in ("prefill", "decode")
+        }
         order = np.argsort(requests.arrival_s, kind="stable")
         self.arrival_s = np.asarray(requests.arrival_s, dtype=float)[order]
         isl = np.asarray(requests.isl, dtype=float)[order]
@@ -58,8 +65,8 @@ class OraclePolicy:
             float(prof.best_decode_throughput_per_gpu(cfg.itl_ms, isl + osl / 2))
             * cfg.gpus_per_decode
         )
-        p = max(cfg.min_replicas, math.ceil(prefill_tps / p_cap))
-        d = max(cfg.min_replicas, math.ceil(decode_tps / d_cap))
+        p = max(cfg.min_replicas, math.ceil(prefill_tps / (p_cap * self.utilisation["prefill"])))
+        d = max(cfg.min_replicas, math.ceil(decode_tps / (d_cap * self.utilisation["decode"])))
         return (
             p,
             d,
@@ -107,3 +114,13 @@ class OraclePolicy:
             demand={k: demand.get(k) for k in ("prefill_tokens_per_s", "decode_tokens_per_s")},
             arithmetic=tuple(lines),
         )
+
+
+def _share(cfg: PlannerConfig, key: str) -> float:
+    value = cfg.option(key, 1.0)
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= 1
+    if not ok:
+        raise ConfigError(
+            f"{value!r} is invalid; expected a number in (0, 1]", key=f"planner.options.{key}"
+        )
+    return float(value)

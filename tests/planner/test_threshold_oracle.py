@@ -81,3 +81,22 @@ def test_oracle_sizes_each_interval_from_the_known_future() -> None:
 def test_oracle_needs_the_workload() -> None:
     with pytest.raises(ConfigError, match="whole workload"):
         make_policy(make_cfg("oracle"), flat_profile())
+
+
+def test_oracle_at_a_lower_utilisation_keeps_that_much_headroom() -> None:
+    # 60-120 s: 30,000 tok/s of prefill on 10,000 tok/s replicas: 3 at 100%, 4 at 80%
+    # (30,000 / 8,000 = 3.75), 6 at 50%.
+    arr = np.linspace(60, 119.9, 1800)
+    req = _requests(arr, np.full(arr.size, 1000), np.full(arr.size, 100))
+
+    def need(share):
+        options = () if share is None else (("prefill_utilisation", share),)
+        return make_policy(make_cfg("oracle", options=options), flat_profile(), requests=req).need(
+            60.0, 120.0
+        )
+
+    assert [need(s)[0] for s in (None, 0.8, 0.5)] == [3, 4, 6]
+    assert need(0.5)[1] == need(None)[1]  # decode keeps its own (default) utilisation
+    for bad in (0, 1.5, "half"):
+        with pytest.raises(ConfigError, match="planner.options.prefill_utilisation"):
+            need(bad)
