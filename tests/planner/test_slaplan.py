@@ -150,3 +150,37 @@ def test_lengths_follow_a_steady_climb_but_not_noise() -> None:
     assert _trend_ahead(noisy, 3) == 1100.0
     short = deque([1.0, 2.0], maxlen=4)
     assert _trend_ahead(short, 3) == 2.0
+
+
+def _with_ttft(obs, cdf):
+    return type(obs)(**{**obs.to_dict(), "ttft_cdf_ms": cdf})
+
+
+def test_unspent_error_budget_buys_fewer_replicas_and_an_overspend_never_fewer() -> None:
+    # 25 req/s of 1,000-token prompts, TTFT target 200 ms: 6 replicas keep the modelled
+    # misses within 0.8% (5 give 1.16%); an allowance of 1.5% would take 5.
+    met = ((50.0, 0.0), (100.0, 1.0))  # every request well inside 200 ms
+    missed = ((100.0, 0.0), (400.0, 0.9))  # 90% spread over 100-400 ms, 10% in +Inf: 70% miss
+    saver, spender = policy(), policy()
+    sizes = {"met": [], "missed": []}
+    for k in range(1, 11):
+        t = 60.0 * k
+        obs = make_obs(1500.0, isl=1000.0, osl=200.0, t_s=t)
+        sizes["met"].append(saver.decide(_with_ttft(obs, met), make_state(6, 2), t).prefill)
+        sizes["missed"].append(spender.decide(_with_ttft(obs, missed), make_state(6, 2), t).prefill)
+    # Ten windows met the target with room: 0.8% of their 15,000 requests (13,900 after
+    # an hour's decay) unspent, spread over the next 600 s (15,000 requests): the
+    # allowance about doubles and one replica goes.
+    assert saver.budget_misses == 0.0
+    assert saver.budget_requests == pytest.approx(
+        1500.0 * sum(math.exp(-k / 60) for k in range(10))
+    )
+    assert saver.budget_allowance(25.0, 1000.0) == pytest.approx(2 * saver.eps_ttft, rel=0.05)
+    assert sizes["met"][0] == 6 and sizes["met"][-1] == 5
+    # Windows that overspent it do not push the plan above what the target alone needs.
+    assert spender.budget_misses == pytest.approx(0.7 * spender.budget_requests)
+    assert spender.budget_allowance(25.0, 1000.0) == spender.eps_ttft
+    assert sizes["missed"] == [6] * 10
+    obs = _with_ttft(make_obs(1500.0, isl=1000.0, osl=200.0, t_s=660.0), met)
+    d = saver.decide(obs, make_state(5, 2), 660.0)
+    assert any("TTFT error budget" in line for line in d.arithmetic)
