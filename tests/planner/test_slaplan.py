@@ -184,3 +184,33 @@ def test_unspent_error_budget_buys_fewer_replicas_and_an_overspend_never_fewer()
     obs = _with_ttft(make_obs(1500.0, isl=1000.0, osl=200.0, t_s=660.0), met)
     d = saver.decide(obs, make_state(5, 2), 660.0)
     assert any("TTFT error budget" in line for line in d.arithmetic)
+
+
+class _StubForecast:
+    """A predictor with a fixed point forecast and normal error of a given sd."""
+
+    def __init__(self, point: float, sd: float):
+        self.point, self.sd = point, sd
+
+    def predict(self, steps: int = 1) -> float:
+        return self.point
+
+    def upper(self, q: float, steps: int = 1) -> float:
+        from statistics import NormalDist
+
+        return self.point + NormalDist().inv_cdf(q) * self.sd
+
+
+def test_headroom_is_the_rate_uncertainty_beyond_poisson_count_noise() -> None:
+    pol = policy()
+    z = 1.2815515655446004  # the 0.9 quantile
+    # An error no larger than Poisson noise around 1,000 requests (sd sqrt(1000)): the
+    # rate itself is known, and the queueing model has the Poisson arrivals already.
+    pol.num_req_pred = _StubForecast(1000.0, math.sqrt(1000.0))
+    assert pol._rate_ahead(1, 60.0, [], "prefill") == pytest.approx(1000.0 / 60.0)
+    # sd 50: variance 2,500 of which 1,000 is count noise -> headroom z sqrt(1,500).
+    pol.num_req_pred = _StubForecast(1000.0, 50.0)
+    lines: list[str] = []
+    rate = pol._rate_ahead(1, 60.0, lines, "prefill")
+    assert rate == pytest.approx((1000.0 + z * math.sqrt(1500.0)) / 60.0)
+    assert "headroom 49.6" in lines[0]
