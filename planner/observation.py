@@ -111,13 +111,14 @@ def sparse_cdf(
         return None
     keep: list[tuple[float, float]] = []
     running = prev = 0.0
-    for i, (bound, count) in enumerate(zip(upper_bounds, cumulative[:-1], strict=True)):
+    bounds = [float(f"{b * scale:.12g}") for b in upper_bounds]  # 80.1, not 80.10000000000001
+    for i, count in enumerate(cumulative[:-1]):
         running = max(running, count)  # Prometheus' repair of scrape-timing dips
         share = min(1.0, running / total)
         if share > prev:
-            if i > 0 and (not keep or keep[-1][0] != upper_bounds[i - 1] * scale):
-                keep.append((upper_bounds[i - 1] * scale, prev))
-            keep.append((bound * scale, share))
+            if i > 0 and (not keep or keep[-1][0] != bounds[i - 1]):
+                keep.append((bounds[i - 1], prev))
+            keep.append((bounds[i], share))
             prev = share
     return tuple(keep)
 
