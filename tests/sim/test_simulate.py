@@ -209,3 +209,34 @@ def test_closed_loop_keeps_n_users_busy():
     # 4 users, each in flight except while thinking: never more than 4 in flight
     assert max(row["inflight"] for row in rows) <= 4
     assert res.counts["arrived"] > 4 * 50
+
+
+def test_the_ttft_share_the_planner_reads_is_what_the_requests_saw() -> None:
+    # One prefill replica at 75% load (150 ms per prompt, 5 req/s): TTFTs straddle the
+    # 200 ms target. Each window's share above it, read from the scraped TTFT histogram
+    # (Observation.ttft_cdf_ms, what slaplan's error budget counts), against the share of
+    # the requests whose first token came in that window; the difference is the
+    # interpolation inside one 30%-wide bucket and the scrape's edges.
+    from planner.observation import cdf_fraction_above
+
+    sc = scenario(
+        duration_s=600.0,
+        rate=((0.0, 5.0),),
+        isl=1000,
+        osl=20,
+        prefill=RoleSpec(replicas=1, startup_s=30.0),
+        decode=RoleSpec(replicas=2, startup_s=30.0),
+        seed=3,
+    )
+    res = simulate(sc, synthetic_profile(prefill_ms=(50.0, 0.1)))
+    r = res.requests
+    ttft = r["first_token_s"] - r["arrival_s"]
+    shares = []
+    for rec in res.records[1:]:
+        obs = rec.observation
+        seen = cdf_fraction_above(obs.ttft_cdf_ms, 200.0)
+        inside = (r["first_token_s"] > rec.t_s - obs.interval_s) & (r["first_token_s"] <= rec.t_s)
+        truth = float(np.mean(ttft[inside] > 0.2))
+        shares.append(truth)
+        assert seen == pytest.approx(truth, abs=0.02)
+    assert 0.1 < np.mean(shares) < 0.9  # the check had something to measure
