@@ -13,7 +13,9 @@ Per tick and role:
    g solving Lindley's equation E[exp(gS)] E[exp(-gA)] = 1 (exact for M/M/1). A request's
    TTFT is that wait plus its own prefill time, the KV transfer and one decode step,
    averaged over the observed ISL distribution. The fewest replicas keeping TTFT misses
-   within their share of the miss budget (above the floor of prompts too long on their own).
+   within their share of the miss budget (above the floor of prompts too long on their own),
+   plus what the last hour left unspent of it (the error budget, read from the TTFT
+   histogram).
 3. Decode from ITL at the KV load: in-flight per replica from Little's law with the
    profile's ITL at that load (a fixed point), its compound-Poisson KV quantile within the
    batch that still meets the ITL target at context ISL + OSL/2.
@@ -69,7 +71,8 @@ DEFAULTS: dict[str, float] = {
     "max_arrival_cv2": 30.0,  # bound on the fitted arrival burstiness
     # The TTFT error budget: misses are counted over a decaying window (time constant in
     # seconds, as an SLA is judged over a period); what was not spent there may be spent
-    # over the next budget_spend_s of requests, and an overspend is paid back the same way.
+    # over the next budget_spend_s of requests. An overspend is paid back only with
+    # budget_min_factor < 1 (chasing a past miss with replicas is costly; default off).
     "budget_window_s": 3600.0,
     "budget_spend_s": 600.0,
     "budget_min_factor": 1.0,  # the allowance stays within these multiples of the target
@@ -362,7 +365,8 @@ class SlaPlanPolicy:
         budget_window_s were allowed less those observed (decayed), spread over the
         requests of the next budget_spend_s, within budget_min/max_factor of it. Unspent
         budget (intervals that met the target with room, as integer replicas and the
-        minimum size leave) buys fewer replicas at the peaks; an overspend buys more."""
+        minimum size leave) buys fewer replicas at the peaks; an overspend buys more only
+        when budget_min_factor is below 1."""
         base = self.prefill_allowed_miss(isl)
         if self.budget_requests <= 0:
             return base
@@ -497,8 +501,9 @@ class SlaPlanPolicy:
                 max(_max_ahead(self.isl_pred, steps) or 0.0, _trend_ahead(self.isl_seen, steps)),
                 max(_max_ahead(self.osl_pred, steps) or 0.0, _trend_ahead(self.osl_seen, steps)),
             )
-        # Stretch the observed ISL distribution only by the forecast's growth of its mean
-        # (not by one noisy window: a trace's cap at 4,096 tokens stays at 4,096).
+        # Stretch the observed ISL distribution only on a steady climb of its mean (not
+        # on one window's jump: in a trace burst more prompts are mid-length, the long
+        # ones are no longer; a cap at 4,096 tokens stays at 4,096).
         forecast_isl = _trend_ahead(self.isl_seen, steps_of["prefill"])
         self.tail_stretch = max(1.0, forecast_isl / self.isl_level) if self.isl_level else 1.0
         return _Plan(
