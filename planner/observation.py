@@ -30,11 +30,6 @@ class HistogramDelta:
     def quantile(self, q: float) -> float | None:
         return histogram_quantile(q, self.upper_bounds, self.cumulative)
 
-    def fraction_above(self, x: float) -> float | None:
-        """Share of the observations above x, interpolating linearly inside x's bucket as
-        histogram_quantile does (its inverse); None when the histogram is empty."""
-        return cdf_fraction_above(sparse_cdf(self.upper_bounds, self.cumulative), x)
-
     def cv(self) -> float | None:
         """Coefficient of variation, from each bucket's geometric midpoint (the +Inf bucket
         counts at its lower bound); scaled so the mean equals sum/count. None when empty."""
