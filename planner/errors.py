@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 
 class ConfigError(ValueError):
     """Bad input from a user: a scenario, profile, trace or CLI value.
@@ -22,3 +25,26 @@ def expect(cond: bool, message: str, *, source: str | None = None, key: str | No
     """Raise ConfigError(message) unless cond holds."""
     if not cond:
         raise ConfigError(message, source=source, key=key)
+
+
+def number_in(
+    value: Any,
+    key: str,
+    *,
+    lo: float = -math.inf,
+    hi: float = math.inf,
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> float:
+    """value as a float when it is a finite number within [lo, hi] (ends open as asked);
+    otherwise ConfigError naming key, the value and the range."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+    if not ok:
+        left = "(" if lo_open or math.isinf(lo) else "["
+        right = ")" if hi_open or math.isinf(hi) else "]"
+        raise ConfigError(
+            f"{value!r} is invalid; expected a number in {left}{lo}, {hi}{right}", key=key
+        )
+    return float(value)

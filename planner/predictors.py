@@ -41,7 +41,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from planner.errors import ConfigError
+from planner.errors import ConfigError, number_in
 
 log = logging.getLogger(__name__)
 
@@ -85,15 +85,7 @@ def _real(
     lo_open: bool = False,
     hi_open: bool = False,
 ) -> float:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
-    if not ok:
-        left, right = ("(" if lo_open else "["), (")" if hi_open else "]")
-        raise ConfigError(
-            f"{value!r} is invalid; expected a number in {left}{lo}, {hi}{right}", key=_key(option)
-        )
-    return float(value)
+    return number_in(value, _key(option), lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open)
 
 
 def _integer(option: str, value: Any, *, lo: int, hi: int | None = None) -> int:

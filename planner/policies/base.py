@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from planner.errors import ConfigError
+from planner.errors import ConfigError, number_in
 from planner.observation import Observation
 from planner.types import Decision, PlannerConfig, ReplicaState
 
@@ -47,6 +47,32 @@ def make_policy(cfg: PlannerConfig, profile: PerfProfile, **extra: Any) -> Polic
             key="planner.policy",
         )
     return POLICIES[cfg.policy](cfg, profile, **extra)
+
+
+# (lo, hi, lo_open, hi_open) of a numeric policy option; unlisted options must be >= 0.
+Bounds = tuple[float, float, bool, bool]
+NON_NEGATIVE: Bounds = (0.0, math.inf, False, False)
+
+
+def numeric_options(
+    cfg: PlannerConfig, defaults: dict[str, float], bounds: dict[str, Bounds] | None = None
+) -> dict[str, float]:
+    """The policy's numeric options (`planner.options`), defaults where absent, each
+    checked against its bounds: bad input is a ConfigError naming the key, not a
+    traceback or a division by zero ticks later. Keys the policy does not know are left
+    alone (one scenario's options serve every policy `planlab compare` runs)."""
+    out = {}
+    for key, default in defaults.items():
+        lo, hi, lo_open, hi_open = (bounds or {}).get(key, NON_NEGATIVE)
+        out[key] = number_in(
+            cfg.option(key, default),
+            f"planner.options.{key}",
+            lo=lo,
+            hi=hi,
+            lo_open=lo_open,
+            hi_open=hi_open,
+        )
+    return out
 
 
 def validate_budget(cfg: PlannerConfig) -> None:

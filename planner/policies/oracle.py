@@ -19,7 +19,14 @@ import numpy as np
 
 from planner.errors import ConfigError
 from planner.observation import Observation
-from planner.policies.base import apply_budget, clamp_min_max, register, validate_budget
+from planner.policies.base import (
+    Bounds,
+    apply_budget,
+    clamp_min_max,
+    numeric_options,
+    register,
+    validate_budget,
+)
 from planner.profile import PerfProfile
 from planner.types import Decision, PlannerConfig, ReplicaState
 
@@ -38,9 +45,13 @@ class OraclePolicy:
             )
         self.cfg = cfg
         self.profile = profile
-        self.utilisation = {
-            role: _share(cfg, f"{role}_utilisation") for role in ("prefill", "decode")
-        }
+        share: Bounds = (0.0, 1.0, True, False)
+        opt = numeric_options(
+            cfg,
+            {"prefill_utilisation": 1.0, "decode_utilisation": 1.0},
+            {"prefill_utilisation": share, "decode_utilisation": share},
+        )
+        self.utilisation = {role: opt[f"{role}_utilisation"] for role in ("prefill", "decode")}
         order = np.argsort(requests.arrival_s, kind="stable")
         self.arrival_s = np.asarray(requests.arrival_s, dtype=float)[order]
         isl = np.asarray(requests.isl, dtype=float)[order]
@@ -114,13 +125,3 @@ class OraclePolicy:
             demand={k: demand.get(k) for k in ("prefill_tokens_per_s", "decode_tokens_per_s")},
             arithmetic=tuple(lines),
         )
-
-
-def _share(cfg: PlannerConfig, key: str) -> float:
-    value = cfg.option(key, 1.0)
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= 1
-    if not ok:
-        raise ConfigError(
-            f"{value!r} is invalid; expected a number in (0, 1]", key=f"planner.options.{key}"
-        )
-    return float(value)

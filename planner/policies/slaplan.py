@@ -39,8 +39,16 @@ from collections import deque
 from dataclasses import dataclass
 from statistics import NormalDist
 
+from planner.errors import number_in
 from planner.observation import QUANTILE_SLICES, Observation, cdf_fraction_above
-from planner.policies.base import apply_budget, clamp_min_max, hold, register, validate_budget
+from planner.policies.base import (
+    apply_budget,
+    clamp_min_max,
+    hold,
+    numeric_options,
+    register,
+    validate_budget,
+)
 from planner.predictors import make_predictor
 from planner.profile import PerfProfile
 from planner.types import Decision, PlannerConfig, ReplicaState
@@ -77,6 +85,22 @@ DEFAULTS: dict[str, float] = {
     "budget_spend_s": 600.0,
     "budget_min_factor": 1.0,  # the allowance stays within these multiples of the target
     "budget_max_factor": 3.0,
+}
+# Where an option needs more than ">= 0" (a share, a divisor, a bound of a fit).
+_OPEN_UNIT = (0.0, 1.0, True, True)
+BOUNDS = {
+    "headroom_quantile": _OPEN_UNIT,
+    "ttft_miss_share": (0.0, 1.0, True, False),
+    "correction_alpha": (0.0, 1.0, True, False),
+    "correction_min": (0.0, 1.0, True, False),
+    "correction_max": (1.0, math.inf, False, False),
+    "max_step_down_fraction": (0.0, 1.0, False, False),
+    "max_rho": _OPEN_UNIT,
+    "max_arrival_cv2": (0.25, math.inf, False, False),
+    "budget_window_s": (0.0, math.inf, True, False),
+    "budget_spend_s": (0.0, math.inf, True, False),
+    "budget_min_factor": (0.0, 1.0, False, False),
+    "budget_max_factor": (1.0, math.inf, False, False),
 }
 
 
@@ -187,7 +211,7 @@ class SlaPlanPolicy:
         validate_budget(cfg)
         self.cfg = cfg
         self.profile = profile
-        self.opt = {k: float(cfg.option(k, v)) for k, v in DEFAULTS.items()}
+        self.opt = numeric_options(cfg, DEFAULTS, BOUNDS)
         opts = dict(cfg.predictor_options)
         self.num_req_pred = make_predictor(cfg.predictor, **opts)
         self.isl_pred = make_predictor(cfg.predictor, **opts)
@@ -201,13 +225,16 @@ class SlaPlanPolicy:
         # of absolute values: a trace's prompts can be capped, bimodal, far from any
         # parametric shape), with its mean; before any data, a lognormal prior scaled to
         # the planned mean. tail_stretch scales it when the forecast mean runs ahead.
-        self.prior_shape = _lognormal_shape(float(cfg.option("isl_cv", 0.5)))
+        isl_cv = number_in(cfg.option("isl_cv", 0.5), "planner.options.isl_cv", lo=0.0)
+        self.prior_shape = _lognormal_shape(isl_cv)
         self.isl_tail: tuple[float, ...] | None = None
         self.isl_level: float | None = None
         self.tail_stretch = 1.0
         # Burstiness of arrivals (squared CV of inter-arrival times; 1 for Poisson), fitted
         # to the observed TTFT tail since per-interval counts cannot show it.
-        self.arrival_cv2 = float(cfg.option("arrival_cv2", 1.0))
+        self.arrival_cv2 = number_in(
+            cfg.option("arrival_cv2", 1.0), "planner.options.arrival_cv2", lo=0.0, lo_open=True
+        )
         # How the frontend spreads requests over prefill replicas (round_robin: each gets
         # every c-th; anything else is modelled as Poisson splitting, the safe side).
         self.router = str(cfg.option("router", "round_robin"))

@@ -18,7 +18,14 @@ import math
 from collections import deque
 
 from planner.observation import Observation
-from planner.policies.base import apply_budget, clamp_min_max, hold, register, validate_budget
+from planner.policies.base import (
+    apply_budget,
+    clamp_min_max,
+    hold,
+    numeric_options,
+    register,
+    validate_budget,
+)
 from planner.profile import PerfProfile
 from planner.types import Decision, PlannerConfig, ReplicaState
 
@@ -34,6 +41,12 @@ DEFAULTS = {
     "max_step_down_fraction": 1.0,
 }
 
+BOUNDS = {
+    "prefill_target": (0.0, 1.0, True, False),
+    "decode_target": (0.0, 1.0, False, False),
+    "tolerance": (0.0, 1.0, False, True),
+}
+
 
 @register("threshold")
 class ThresholdPolicy:
@@ -43,7 +56,7 @@ class ThresholdPolicy:
         validate_budget(cfg)
         self.cfg = cfg
         self.profile = profile
-        self.opt = {k: float(cfg.option(k, v)) for k, v in DEFAULTS.items()}
+        self.opt = numeric_options(cfg, DEFAULTS, BOUNDS)
         self.history: dict[str, deque[tuple[float, int]]] = {"prefill": deque(), "decode": deque()}
         self.context = 1000.0  # last observed context (ISL + OSL/2), for the decode target
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
+from policy_helpers import flat_profile, make_cfg
 
 from planner.errors import ConfigError
-from planner.policies.base import apply_budget, clamp_min_max, validate_budget
+from planner.policies.base import apply_budget, clamp_min_max, make_policy, validate_budget
 from planner.types import PlannerConfig
 
 
@@ -41,3 +45,23 @@ def test_budget_below_the_minimum_is_rejected() -> None:
 def test_min_and_max_replicas() -> None:
     cfg = PlannerConfig(min_replicas=2, max_replicas=5)
     assert clamp_min_max(0, 9, cfg) == (2, 5)
+
+
+@pytest.mark.parametrize(
+    ("policy", "key", "bad"),
+    [
+        ("slaplan", "budget_window_s", 0),  # a time constant that would divide by zero
+        ("slaplan", "headroom_quantile", 1.5),
+        ("slaplan", "decode_z", "high"),
+        ("slaplan", "arrival_cv2", -1),
+        ("threshold", "prefill_target", 0),
+        ("threshold", "scale_down_window_s", float("nan")),
+        ("oracle", "decode_utilisation", 2),
+    ],
+)
+def test_bad_policy_options_are_named_not_a_traceback(policy, key, bad) -> None:
+    extra = {}
+    if policy == "oracle":
+        extra["requests"] = SimpleNamespace(arrival_s=np.zeros(1), isl=np.ones(1), osl=np.ones(1))
+    with pytest.raises(ConfigError, match=rf"planner\.options\.{key}: .* expected a number"):
+        make_policy(make_cfg(policy, options=((key, bad),)), flat_profile(), **extra)
