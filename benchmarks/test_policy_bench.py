@@ -12,8 +12,8 @@ import pytest
 
 from planlab.profiles import resolve_model
 from planlab.runner import run_scenario
-from planlab.scenario import load_scenario
-from planner.policies.base import make_policy
+from planner.policies import make_policy
+from scenario import load_scenario
 
 STEADY = Path(__file__).resolve().parents[1] / "scenarios" / "suite" / "steady.yaml"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from planlab.profiles import resolve_model
-from planlab.scenario import (
+from scenario import (
     AnalyticSpec,
     ArrivalSpec,
     ClusterSpec,
@@ -28,8 +28,8 @@ from planlab.scenario import (
     TraceSpec,
     WorkloadSpec,
 )
+from scenario.workload import generate
 from sim.simulate import simulate
-from sim.workload import generate
 
 AZURE_TRACE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "azure-llm-2023-conv.csv"
 MODEL = ModelSpec(analytic=AnalyticSpec("llama-3.1-8b", "h200"))

@@ -28,9 +28,9 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.config.config_exception import ConfigException
 
-from planlab.scenario import parse_duration
 from planner.errors import ConfigError
 from planner.types import ROLES, ReplicaState, RoleState
+from scenario import parse_duration
 
 log = logging.getLogger(__name__)
 

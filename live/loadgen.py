@@ -174,7 +174,7 @@ class _StreamError(Exception):
 
 
 class LoadGenerator:
-    """Replay a sim.workload.Requests (arrival_s, isl, osl arrays) against base_url.
+    """Replay a scenario.workload.Requests (arrival_s, isl, osl arrays) against base_url.
 
     api: "chat" or "completions". extensions: also send `planlab_isl`/`planlab_osl`
     (exact lengths for the emulator; vLLM accepts unknown fields but logs a warning for

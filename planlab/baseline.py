@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from planlab.compare import row_from_summary, run_jobs
-from planlab.scenario import Scenario, load_scenario
 from planner.errors import ConfigError
+from scenario import Scenario, load_scenario
 
 SUITE_DIR = Path(__file__).resolve().parents[1] / "scenarios" / "suite"
 BASELINE_FILE = SUITE_DIR / "baseline.json"

@@ -23,8 +23,8 @@ import pandas as pd  # noqa: E402
 
 from planlab.report import _col, _finite, _img, _time_axis, save_figure  # noqa: E402
 from planlab.results import read_run  # noqa: E402
-from planlab.scenario import Scenario, load_scenario  # noqa: E402
 from planner.errors import ConfigError  # noqa: E402
+from scenario import Scenario, load_scenario  # noqa: E402
 
 log = logging.getLogger(__name__)
 

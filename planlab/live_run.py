@@ -21,12 +21,13 @@ from live.loadgen import LoadGenerator
 from live.prometheus import METRIC_SETS, PrometheusSource
 from planlab.results import REQUEST_COLUMNS, TIMELINE_COLUMNS, compute_summary, default_run_dir
 from planlab.results import write_run as write_results
-from planlab.scenario import Scenario, load_scenario
 from planner import metrics as m
 from planner.errors import ConfigError
 from planner.loop import PlannerLoop
-from planner.policies.base import make_policy, validate_budget
+from planner.policies import make_policy
+from planner.policies.base import validate_budget
 from planner.types import ReplicaState, RoleState
+from scenario import Scenario, load_scenario
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ async def run_live_scenario(
     advisory: bool = False,
     settle_s: float | None = None,
 ) -> LiveOutcome:
-    """Stream `requests` (sim.workload.Requests) to the frontend in real time, run the
+    """Stream `requests` (scenario.workload.Requests) to the frontend in real time, run the
     planner every planner.interval against Prometheus and the connector, sample the
     connector every scrape interval. Returns the frames; writes nothing."""
     cfg = scenario.planner_config()
@@ -303,7 +304,7 @@ def check_live_args(args: argparse.Namespace) -> None:
 def run_live(args: argparse.Namespace, overrides: dict[str, str] | None = None) -> LiveOutcome:
     """The `--live` branch of `planlab run`: validate, run, write results/<run>/."""
     from planlab.profiles import resolve_model
-    from sim.workload import generate
+    from scenario.workload import generate
 
     check_live_args(args)
     scenario = load_scenario(args.scenario, overrides or None)

@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from planlab.scenario import ModelSpec
 from planner.analytic import analytic_profile
 from planner.errors import ConfigError
 from planner.profile import ARRAY_KEYS, DECODE_KEYS, PREFILL_KEYS, PerfProfile
+from scenario import ModelSpec
 
 log = logging.getLogger(__name__)
 

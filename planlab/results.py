@@ -248,7 +248,7 @@ def _record_line(record: Any) -> str:
 
 def _scenario_yaml(scenario: Any) -> str:
     if is_dataclass(scenario) and not isinstance(scenario, type):
-        from planlab.scenario import scenario_to_dict
+        from scenario import scenario_to_dict
 
         data = scenario_to_dict(scenario)
     elif isinstance(scenario, Mapping):

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from planlab.results import TIMELINE_COLUMNS, compute_summary, default_run_dir, write_run
-from planlab.scenario import Scenario
+from scenario import Scenario
 from sim.simulate import ERRORS, STATUS_FAILED, STATUS_SUCCESS, SimOptions, SimResult, simulate
 
 log = logging.getLogger(__name__)

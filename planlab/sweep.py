@@ -25,7 +25,8 @@ import pandas as pd  # noqa: E402
 
 from planlab.compare import Progress, _write_text, run_jobs  # noqa: E402
 from planlab.report import _finite, _jsonable, save_figure  # noqa: E402
-from planlab.scenario import (  # noqa: E402
+from planner.errors import ConfigError  # noqa: E402
+from scenario import (  # noqa: E402
     PiecewiseRate,
     RateSchedule,
     Scenario,
@@ -35,7 +36,6 @@ from planlab.scenario import (  # noqa: E402
     WorkloadSpec,
     load_scenario,
 )
-from planner.errors import ConfigError  # noqa: E402
 
 log = logging.getLogger(__name__)
 

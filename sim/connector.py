@@ -10,7 +10,7 @@ paying the full startup time; `desired` does not change.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -21,13 +21,14 @@ from sim.engine import (
     READY,
     STARTING,
     DecodeWorker,
+    EngineHost,
     PrefillWorker,
+    Req,
     Worker,
 )
 
 if TYPE_CHECKING:
-    from planlab.scenario import RoleSpec
-    from sim.simulate import Simulation
+    from scenario import RoleSpec
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +54,23 @@ class RolePool:
         return [w for w in self.alive if w.state == READY]
 
 
+class PoolHost(EngineHost, Protocol):
+    """What the connector is handed by the simulation: the engine port its workers get,
+    the engine limits, and the callbacks for a worker that became ready or was lost."""
+
+    prefill_budget: int
+    max_skip_steps: int
+    max_skip_s: float
+
+    def on_worker_ready(self, w: Worker) -> None: ...
+
+    def on_worker_lost(self, w: Worker, reqs: list[Req]) -> None: ...
+
+
 class SimConnector:
     """Implements planner.ports.Connector on the simulation's clock."""
 
-    def __init__(self, sim: Simulation, specs: dict[str, RoleSpec], rng: np.random.Generator):
+    def __init__(self, sim: PoolHost, specs: dict[str, RoleSpec], rng: np.random.Generator):
         self.sim = sim
         self.env = sim.env
         self.rng = rng

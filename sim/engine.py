@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from sim.simulate import Simulation
+    import simpy
+
+    from sim.prometheus import FrontendMetrics
+    from sim.timing import EngineTiming
 
 STARTING, READY, DRAINING, RELEASED, DEAD, CANCELLED = (
     "starting",
@@ -71,13 +74,32 @@ class Req:
         self.user = -1
 
 
+class EngineHost(Protocol):
+    """What a worker is handed by the simulation that runs it: the clock, the timing
+    model, the frontend metrics, and the callbacks through which it reports. Workers
+    never import the simulation (sim.simulate.Simulation implements this port)."""
+
+    env: simpy.Environment
+    timing: EngineTiming
+    metrics: FrontendMetrics
+    preemptions: int
+
+    def prefill_done(self, req: Req) -> None: ...
+
+    def complete(self, req: Req, now: float) -> None: ...
+
+    def fail(self, req: Req, where: str, why: str) -> None: ...
+
+    def worker_gone(self, worker: Worker) -> None: ...
+
+
 class Worker:
     """Lifecycle shared by both roles: starting -> ready -> draining -> released (or dead,
     or cancelled while starting). Times are recorded for GPU-second accounting."""
 
     role = ""
 
-    def __init__(self, sim: Simulation, wid: int, t_s: float, ready: bool):
+    def __init__(self, sim: EngineHost, wid: int, t_s: float, ready: bool):
         self.sim = sim
         self.env = sim.env
         self.timing = sim.timing
@@ -112,7 +134,7 @@ class Worker:
     def _release(self) -> None:
         self.state = RELEASED
         self.t_end = self.env.now
-        self.sim.connector.on_gone(self)
+        self.sim.worker_gone(self)
 
     def kill(self) -> list[Req]:
         """Dies now; returns the requests it held (the caller retries or fails them)."""

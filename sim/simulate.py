@@ -19,17 +19,17 @@ import numpy as np
 import simpy
 from simpy.core import NORMAL, URGENT
 
-from planlab.scenario import Scenario
 from planner.errors import ConfigError
 from planner.loop import PlannerLoop
-from planner.policies.base import Policy, make_policy
+from planner.policies import Policy, make_policy
 from planner.types import DecisionRecord, PlannerConfig
+from scenario import Scenario
+from scenario.workload import LengthSampler, Requests, generate, make_rng
 from sim.connector import SimConnector
 from sim.engine import DEAD, Req, Worker
 from sim.prometheus import FrontendMetrics, ScrapeStore, SimMetricsSource
 from sim.router import ROUTERS
 from sim.timing import EngineTiming
-from sim.workload import LengthSampler, Requests, generate, make_rng
 
 log = logging.getLogger(__name__)
 
@@ -279,6 +279,9 @@ class Simulation:
         else:
             while pending:
                 self.prefill_done(pending.popleft())
+
+    def worker_gone(self, w: Worker) -> None:
+        self.connector.on_gone(w)
 
     def on_worker_lost(self, w: Worker, reqs: list[Req]) -> None:
         self.worker_failures += 1

@@ -13,8 +13,8 @@ from live.emulator.cluster import EmulatedCluster
 from live.emulator.connector import LocalConnector
 from live.emulator.frontend import Frontend
 from live.emulator.prometheus_server import PrometheusServer
-from planlab.scenario import Scenario
 from planner.errors import ConfigError
+from scenario import Scenario
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import json
 
 from planner.errors import ConfigError
 from planner.observation import Observation
-from planner.policies.base import make_policy
+from planner.policies import make_policy
 from planner.types import DecisionRecord, PlannerConfig, ReplicaState, RoleState
 
 EXAMPLES = """examples:

@@ -9,8 +9,8 @@ import sys
 
 from live.emulator import start_emulated_cluster
 from planlab.profiles import resolve_model
-from planlab.scenario import AnalyticSpec, ModelSpec, load_scenario
 from planner.errors import ConfigError
+from scenario import AnalyticSpec, ModelSpec, load_scenario
 
 EXAMPLES = """examples:
   # the embedded analytic profile, 1 prefill + 1 decode worker, Prometheus on 9090

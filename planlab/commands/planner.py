@@ -103,7 +103,7 @@ def _mapping(data: Any, source: str, key: str, allowed: tuple[str, ...]) -> dict
 def load_config(path: str | Path) -> dict[str, Any]:
     """Read and validate the daemon config; returns the parsed parts (scenario, prometheus
     settings, connector settings, metrics address). ConfigError names file and key."""
-    from planlab.scenario import parse_duration, parse_scenario
+    from scenario import parse_duration, parse_scenario
 
     path = Path(path)
     source = str(path)
@@ -214,7 +214,7 @@ def build_daemon(cfg: dict[str, Any], args: argparse.Namespace):
     from live.prometheus import METRIC_SETS, PrometheusSource
     from planlab.profiles import resolve_model
     from planner.loop import PlannerLoop
-    from planner.policies.base import make_policy
+    from planner.policies import make_policy
 
     scenario = cfg["scenario"]
     advisory = bool(args.advisory)

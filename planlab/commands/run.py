@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from planlab.progress import ProgressBar
-from planlab.scenario import load_scenario
 from planner.errors import ConfigError
+from scenario import load_scenario
 
 EXAMPLES = """examples:
   planlab run scenarios/quickstart.yaml

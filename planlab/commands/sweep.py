@@ -54,8 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from planlab.scenario import load_scenario
     from planlab.sweep import find_max_rate, parse_sets, sweep, write_max_rate
+    from scenario import load_scenario
 
     if args.jobs is not None and args.jobs < 1:
         raise ConfigError(f"--jobs {args.jobs}: expected a positive number of processes")

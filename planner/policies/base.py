@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from planner.errors import ConfigError, number_in
 from planner.observation import Observation
 from planner.types import Decision, PlannerConfig, ReplicaState
 
 if TYPE_CHECKING:
-    from planner.profile import PerfProfile
+    pass
 
 
 class Policy(Protocol):
@@ -34,19 +34,6 @@ def register(name: str) -> Callable[[PolicyFactory], PolicyFactory]:
         return factory
 
     return deco
-
-
-def make_policy(cfg: PlannerConfig, profile: PerfProfile, **extra: Any) -> Policy:
-    """Build the policy cfg.policy names. `extra` carries what only some policies take
-    (the oracle's future workload)."""
-    import planner.policies.all  # noqa: F401  (fills the registry)
-
-    if cfg.policy not in POLICIES:
-        raise ConfigError(
-            f"unknown policy {cfg.policy!r}; expected one of {', '.join(sorted(POLICIES))}",
-            key="planner.policy",
-        )
-    return POLICIES[cfg.policy](cfg, profile, **extra)
 
 
 # (lo, hi, lo_open, hi_open) of a numeric policy option; unlisted options must be >= 0.

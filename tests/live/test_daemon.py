@@ -20,8 +20,8 @@ import yaml
 
 from live.emulator.launch import EmulatorThread
 from live.loadgen import LoadGenerator
-from planlab.scenario import load_scenario
-from sim.workload import Requests
+from scenario import load_scenario
+from scenario.workload import Requests
 
 pytestmark = [pytest.mark.live, pytest.mark.timeout(150)]
 

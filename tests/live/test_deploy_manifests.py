@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from live.kubernetes import RBAC_RULES, parse_kubernetes_settings
-from planlab.scenario import parse_scenario
+from scenario import parse_scenario
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 K8S_VERSION = "1.30.0"

@@ -11,7 +11,7 @@ import pytest
 from live_step import SCENARIO, live_step_run
 
 from planlab.runner import run_scenario
-from planlab.scenario import load_scenario
+from scenario import load_scenario
 
 pytestmark = [pytest.mark.live, pytest.mark.timeout(240)]
 

@@ -11,9 +11,9 @@ import pytest
 
 from planlab.cli import main
 from planlab.profiles import PLANLAB_FILE, load_profile, resolve_model, write_profile
-from planlab.scenario import AnalyticSpec, ModelSpec
 from planner.errors import ConfigError
 from planner.profile import DECODE_KEYS, PREFILL_KEYS
+from scenario import AnalyticSpec, ModelSpec
 
 PREFILL = {
     "prefill_isl": [100, 1100, 2100],

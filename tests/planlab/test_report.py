@@ -15,7 +15,7 @@ from tiny_scenario import tiny_yaml
 from planlab.report import PLOTS, write_report
 from planlab.results import compute_summary
 from planlab.runner import run_scenario
-from planlab.scenario import load_scenario
+from scenario import load_scenario
 
 TINY = tiny_yaml(seed=3)
 

@@ -18,10 +18,10 @@ from planlab.results import (
     read_run,
     write_run,
 )
-from planlab.scenario import SLASpec
 from planner.errors import ConfigError
 from planner.observation import WindowStats, build_observation
 from planner.types import Decision, DecisionRecord, ReplicaState, RoleState
+from scenario import SLASpec
 
 NAN = math.nan
 
@@ -228,7 +228,7 @@ def test_failure_keeps_an_existing_run_and_success_replaces_it(tmp_path):
 def test_scenario_dataclass_is_written_as_yaml(tmp_path):
     import yaml
 
-    from planlab.scenario import load_scenario, scenario_to_dict
+    from scenario import load_scenario, scenario_to_dict
 
     src = tmp_path / "s.yaml"
     src.write_text(

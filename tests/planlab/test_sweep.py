@@ -13,7 +13,9 @@ from tiny_scenario import tiny_yaml
 
 from planlab.cli import main as cli_main
 from planlab.runner import run_scenario
-from planlab.scenario import (
+from planlab.sweep import find_max_rate, scale_scenario, scale_workload, split_values, sweep
+from planner.errors import ConfigError
+from scenario import (
     ArrivalSpec,
     ClosedLoopSpec,
     PiecewiseRate,
@@ -24,8 +26,6 @@ from planlab.scenario import (
     WorkloadSpec,
     load_scenario,
 )
-from planlab.sweep import find_max_rate, scale_scenario, scale_workload, split_values, sweep
-from planner.errors import ConfigError
 
 TINY = tiny_yaml(seed=2, rate="4.0", planner="{policy: static, interval: 30s, predictor: constant}")
 

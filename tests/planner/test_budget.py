@@ -9,7 +9,8 @@ import pytest
 from policy_helpers import flat_profile, make_cfg
 
 from planner.errors import ConfigError
-from planner.policies.base import apply_budget, clamp_min_max, make_policy, validate_budget
+from planner.policies import make_policy
+from planner.policies.base import apply_budget, clamp_min_max, validate_budget
 from planner.types import PlannerConfig
 
 

@@ -11,7 +11,7 @@ from policy_helpers import flat_profile as synthetic_profile
 from policy_helpers import make_cfg, make_obs, make_state
 
 from planner.observation import Observation
-from planner.policies.base import make_policy
+from planner.policies import make_policy
 from planner.profile import PerfProfile
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 from policy_helpers import flat_profile, idle_obs, make_cfg, make_obs, make_state
 
-from planner.policies.base import make_policy
+from planner.policies import make_policy
 from planner.policies.slaplan import _wait_tail
 
 

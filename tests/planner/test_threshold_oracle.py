@@ -9,7 +9,7 @@ import pytest
 from policy_helpers import flat_profile, idle_obs, make_cfg, make_obs, make_state
 
 from planner.errors import ConfigError
-from planner.policies.base import make_policy
+from planner.policies import make_policy
 
 
 def test_hpa_formula_scales_up_at_once() -> None:

@@ -8,7 +8,8 @@ import dataclasses
 import numpy as np
 import simpy
 
-from planlab.scenario import (
+from planner.profile import PerfProfile
+from scenario import (
     ArrivalSpec,
     ClusterSpec,
     KVTransferSpec,
@@ -22,7 +23,6 @@ from planlab.scenario import (
     SLASpec,
     WorkloadSpec,
 )
-from planner.profile import PerfProfile
 from sim.timing import EngineTiming
 
 
@@ -102,7 +102,8 @@ def with_planner(sc: Scenario, **kw) -> Scenario:
 
 
 class StubSim:
-    """What a worker needs from the Simulation, recording what it hands back."""
+    """An EngineHost (sim.engine) standing in for the Simulation, recording what the
+    worker hands back."""
 
     def __init__(self, profile: PerfProfile, **timing_kw):
         from sim.prometheus import FrontendMetrics
@@ -114,7 +115,6 @@ class StubSim:
         self.prefilled: list[tuple[int, float]] = []
         self.completed: list[tuple[int, float]] = []
         self.failed: list[int] = []
-        self.connector = self
 
     def prefill_done(self, req) -> None:
         self.prefilled.append((req.idx, self.env.now))
@@ -125,5 +125,5 @@ class StubSim:
     def fail(self, req, where: str, why: str) -> None:
         self.failed.append(req.idx)
 
-    def on_gone(self, worker) -> None:
+    def worker_gone(self, worker) -> None:
         pass

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from _simkit import scenario, synthetic_profile
 
-from planlab.scenario import KVTransferSpec, RoleSpec
+from scenario import KVTransferSpec, RoleSpec
 from sim.simulate import STATUS_SUCCESS, simulate
 
 SERVICE_S = 0.1

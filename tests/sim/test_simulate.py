@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from _simkit import scenario, synthetic_profile
 
-from planlab.scenario import (
+from scenario import (
     ClosedLoopSpec,
     FaultSpec,
     LengthDist,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from _simkit import scenario, synthetic_profile
 
-from planlab.scenario import RoleSpec
+from scenario import RoleSpec
 from sim.simulate import simulate
 
 PROFILE = dict(prefill_ms=(20.0, 0.05), itl_ms=10.0)

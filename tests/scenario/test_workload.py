@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from planlab.scenario import (
+from planner.errors import ConfigError
+from scenario import (
     ArrivalSpec,
     LengthDist,
     PiecewiseRate,
@@ -20,8 +21,7 @@ from planlab.scenario import (
     TraceSpec,
     WorkloadSpec,
 )
-from planner.errors import ConfigError
-from sim.workload import (
+from scenario.workload import (
     ARRIVALS,
     TRACE_FORMATS,
     LengthSampler,
@@ -300,7 +300,7 @@ def test_burstgpt_drops_failed_rows(tmp_path, caplog):
         "12,GPT-4,1087,0,1087,Conversation log\n"
         "13.5,ChatGPT,200,50,250,API log\n",
     )
-    with caplog.at_level(logging.INFO, logger="sim.workload"):
+    with caplog.at_level(logging.INFO, logger="scenario.workload"):
         r = read_trace(TraceSpec(p, "burstgpt"))
     assert list(r.arrival_s) == [0.0, 3.5] and list(r.isl) == [472, 200] and list(r.osl) == [18, 50]
     assert "dropped 1 of 3 rows with 0 response tokens" in caplog.text

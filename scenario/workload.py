@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from planlab.scenario import (
+from planner.errors import ConfigError
+from scenario.types import (
     ArrivalSpec,
     LengthDist,
     PiecewiseRate,
@@ -31,7 +32,6 @@ from planlab.scenario import (
     TraceSpec,
     WorkloadSpec,
 )
-from planner.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
