@@ -69,12 +69,14 @@ _METRICS = (
     "requests",
 )
 ORACLE = "oracle"
+ORACLE_SLA = "oracle-sla"
 POLICY_COLORS = {
     "static": "tab:gray",
     "dynamo": "tab:blue",
     "threshold": "tab:orange",
     "slaplan": "tab:green",
     "oracle": "tab:purple",
+    "oracle-sla": "tab:red",
 }
 
 Progress = Callable[[int, int, str], None]
@@ -180,12 +182,34 @@ def _run_one(
     """One simulated run into out_dir (in a worker process); returns its compare row."""
     from planlab.runner import run_scenario
 
+    if policy == ORACLE_SLA and scenario.planner.options.get("schedule") is None:
+        return _run_oracle_sla(scenario, seed, out_dir)
     outcome = run_scenario(scenario, out_dir=out_dir, policy=policy, seed=seed)
     if report:
         from planlab.report import write_report
 
         write_report(outcome.out_dir)
     return row_from_summary(outcome.summary, outcome.out_dir)
+
+
+def _run_oracle_sla(scenario: Scenario, seed: int, out_dir: Path) -> dict[str, Any]:
+    """oracle-sla without a schedule: search one (inline, bounded by
+    planner.options.search_budget_s, default 300 s), then write its run into out_dir."""
+    import dataclasses
+
+    from planlab.oracle_search import search, write_oracle
+    from planner.errors import number_in
+
+    scenario = dataclasses.replace(scenario, seed=int(seed))
+    budget_s = number_in(
+        scenario.planner.options.get("search_budget_s", 300.0),
+        "planner.options.search_budget_s",
+        lo=0.0,
+        lo_open=True,
+    )
+    result = search(scenario, budget_s=budget_s)
+    run_dir = write_oracle(result, scenario, out_dir, run_dir=out_dir)
+    return row_from_summary(read_run(run_dir).summary, run_dir)
 
 
 def _seed_list(scenario: Scenario, seeds: int | Sequence[int]) -> list[int]:
@@ -333,6 +357,91 @@ def summarize(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
         means.append(row)
     out = pd.concat([runs, pd.DataFrame(means, columns=list(COLUMNS))], ignore_index=True)
     return out
+
+
+REGRET_COLUMNS = (
+    "scenario",
+    "policy",
+    "joint_attainment",
+    "gpu_hours",
+    "regret",
+    "gpu_hours_vs_oracle_sla",
+    "gpu_hours_vs_lower_bound",
+    "oracle_sla_gpu_hours",
+    "oracle_sla_meets_target",
+    "lower_bound_gpu_hours",
+    "note",
+)
+
+
+def regret_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per scenario and policy (mean rows): regret = GPU-hours / oracle-sla GPU-hours where
+    oracle-sla met the target, and GPU-hours over the throughput oracle's (the lower bound).
+    Where oracle-sla ran but no schedule it found met the target, regret is left out and the
+    note says so: the comparison is then attainment at equal GPU-hours
+    (gpu_hours_vs_oracle_sla beside joint_attainment). Empty when oracle-sla did not run."""
+    means = df[df["kind"] == "mean"]
+    rows = []
+    for scenario in dict.fromkeys(means["scenario"]):
+        group = means[means["scenario"] == scenario]
+        ref = group[group["policy"] == ORACLE_SLA]
+        if not len(ref):
+            continue
+        ref_h = _finite(ref["gpu_hours"].iloc[0])
+        target = _finite(ref["target_attainment"].iloc[0])
+        ref_att = _finite(ref["joint_attainment"].iloc[0])
+        met = ref_att is not None and target is not None and ref_att >= target
+        low = group[group["policy"] == ORACLE]
+        low_h = _finite(low["gpu_hours"].iloc[0]) if len(low) else None
+        for _, m in group.iterrows():
+            h = _finite(m["gpu_hours"])
+            ratio = h / ref_h if h is not None and ref_h else None
+            rows.append(
+                {
+                    "scenario": scenario,
+                    "policy": m["policy"],
+                    "joint_attainment": _finite(m["joint_attainment"]),
+                    "gpu_hours": h,
+                    "regret": ratio if met else None,
+                    "gpu_hours_vs_oracle_sla": ratio,
+                    "gpu_hours_vs_lower_bound": h / low_h if h is not None and low_h else None,
+                    "oracle_sla_gpu_hours": ref_h,
+                    "oracle_sla_meets_target": met,
+                    "lower_bound_gpu_hours": low_h,
+                    "note": ""
+                    if met
+                    else f"no schedule within the budget met the target {target:g} (best "
+                    f"{ref_att:.4f}): compare attainment at equal GPU-hours",
+                }
+            )
+    return pd.DataFrame(rows, columns=list(REGRET_COLUMNS))
+
+
+def format_regret(reg: pd.DataFrame) -> str:
+    """The regret section of the printed comparison ('' when oracle-sla did not run)."""
+    if not len(reg):
+        return ""
+
+    def f(x: Any, spec: str) -> str:
+        v = _finite(x)
+        return "-" if v is None else format(v, spec)
+
+    lines = [
+        "regret = GPU-hours / oracle-sla GPU-hours (the cheapest schedule found that meets "
+        "the target); lower bound = the throughput oracle's GPU-hours",
+        f"{'scenario':<16} {'policy':<14} {'joint':>7} {'GPU-h':>8} {'regret':>7} {'x bound':>8}",
+    ]
+    for scenario in dict.fromkeys(reg["scenario"]):
+        group = reg[reg["scenario"] == scenario]
+        for _, r in group.iterrows():
+            lines.append(
+                f"{str(scenario)[:16]:<16} {str(r['policy'])[:14]:<14} "
+                f"{f(r['joint_attainment'], '.4f'):>7} {f(r['gpu_hours'], '.3f'):>8} "
+                f"{f(r['regret'], '.2f'):>7} {f(r['gpu_hours_vs_lower_bound'], '.2f'):>8}"
+            )
+        if group["note"].iloc[0]:
+            lines.append(f"  {scenario}: {group['note'].iloc[0]}")
+    return "\n".join(lines)
 
 
 def compare_run_dirs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> pd.DataFrame:
@@ -597,6 +706,9 @@ def write_outputs(df: pd.DataFrame, out_dir: Path) -> None:
         png = plot_timelines(df, scenario, plots_dir)
         if png is not None:
             pngs.append((f"{scenario}: GPUs over time", png))
+    reg = regret_table(df)
+    if len(reg):
+        _write_text(out_dir / "regret.csv", reg.to_csv(index=False, lineterminator="\n"))
     header, rows = table_rows(df)
     esc = html.escape
     table = (
@@ -636,6 +748,11 @@ def write_outputs(df: pd.DataFrame, out_dir: Path) -> None:
         "ITL SLAs; ± is half the range over seeds. The oracle sees the future: its GPU-hours "
         "are a lower bound for any policy on the scenario.</p>",
         table,
+        *(
+            [f"<h2>Regret against oracle-sla</h2><pre>{esc(format_regret(reg))}</pre>"]
+            if len(reg)
+            else []
+        ),
         *(f"<h2>{esc(t)}</h2>{_img(p, t)}" for t, p in pngs),
         "<h2>Runs</h2><ul>" + "".join(run_items) + "</ul>",
         '<p class="note">Every number above is in compare.csv.</p>',

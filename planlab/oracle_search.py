@@ -575,8 +575,10 @@ def _exchange(best, cfg, batch, rejected, tried, evaluate_all, bound) -> Evaluat
     return None
 
 
-def write_oracle(result: SearchResult, scenario: Scenario, out_dir: str | Path) -> Path:
-    """out_dir/run/ (the best schedule's run, its scenario.yaml holding the schedule, so
+def write_oracle(
+    result: SearchResult, scenario: Scenario, out_dir: str | Path, run_dir: str | Path | None = None
+) -> Path:
+    """run_dir (default out_dir/run/: the best schedule's run, its scenario.yaml holding the schedule, so
     `planlab run out_dir/run/scenario.yaml` replays it) and out_dir/schedule.json (the
     schedule, the throughput oracle's, whether the target was met and every evaluation)."""
     import json
@@ -586,8 +588,9 @@ def write_oracle(result: SearchResult, scenario: Scenario, out_dir: str | Path) 
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    outcome = run_scenario(with_schedule(scenario, result.best.schedule), out_dir=out / "run")
+    run = Path(run_dir) if run_dir is not None else out / "run"
+    outcome = run_scenario(with_schedule(scenario, result.best.schedule), out_dir=run)
     doc = {"scenario": scenario.name, "seed": scenario.seed, **result.to_dict()}
     doc["run_dir"] = str(outcome.out_dir)
     _write_text(out / "schedule.json", json.dumps(doc, indent=2, allow_nan=False) + "\n")
-    return out / "run"
+    return run

@@ -53,7 +53,7 @@ def parse_list(text: str, what: str) -> list[str]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from planlab.compare import compare, format_table, resolve_inputs
+    from planlab.compare import compare, format_regret, format_table, regret_table, resolve_inputs
 
     if args.jobs is not None and args.jobs < 1:
         raise ConfigError(f"--jobs {args.jobs}: expected a positive number of processes")
@@ -79,6 +79,9 @@ def main(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     print(format_table(df))
+    regret = format_regret(regret_table(df))
+    if regret:
+        print("\n" + regret)
     print(f"\nwrote {out / 'compare.csv'} and {out / 'compare.html'}")
     crashed = df[(df["kind"] == "run") & (df["status"] != "ok")]
     for _, r in crashed.iterrows():
