@@ -582,8 +582,8 @@ def write_oracle(
     `planlab run out_dir/run/scenario.yaml` replays it) and out_dir/schedule.json (the
     schedule, the throughput oracle's, whether the target was met and every evaluation)."""
     import json
+    import os
 
-    from planlab.compare import _write_text
     from planlab.runner import run_scenario
 
     out = Path(out_dir)
@@ -592,5 +592,7 @@ def write_oracle(
     outcome = run_scenario(with_schedule(scenario, result.best.schedule), out_dir=run)
     doc = {"scenario": scenario.name, "seed": scenario.seed, **result.to_dict()}
     doc["run_dir"] = str(outcome.out_dir)
-    _write_text(out / "schedule.json", json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    tmp = out / f".schedule.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    os.replace(tmp, out / "schedule.json")
     return run
