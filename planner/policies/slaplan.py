@@ -2,11 +2,12 @@
 ITL <= Y"), not for averages. docs/planner.md has the long version.
 
 Per tick and role:
-1. Forecast one startup ahead: plan for the highest point forecast over the intervals until
-   capacity asked for now is ready (the startup the connector measured, else the
-   configured one), plus the predictor's own one-step upper-quantile headroom. Arrivals are
-   finished requests + growth of the in-flight gauge; a queue left at the window's end is
-   added as a rate to drain.
+1. Plan for when capacity asked now is ready (the startup the connector measured, else the
+   configured one): the highest point forecast from then to one interval past it, plus the
+   predictor's own one-step upper-quantile headroom, plus the backlog then (the queue now
+   and the arrivals until then, less what the replicas already there serve). The
+   forecast before then keeps replicas, never buys them. Arrivals are finished requests
+   + growth of the in-flight gauge.
 2. Prefill from the TTFT tail: each replica a FIFO queue fed every c-th request by a
    round-robin router, work per request ISL / tokens-per-s (profile), Gamma-distributed
    with the ISL's CV; waiting time with the Cramer-Lundberg tail P(W > x) ~ rho exp(-g x),
