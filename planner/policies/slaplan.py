@@ -2,12 +2,11 @@
 ITL <= Y"), not for averages. docs/planner.md has the long version.
 
 Per tick and role:
-1. Plan for when capacity asked now is ready (the startup the connector measured, else the
-   configured one): the highest point forecast from then to one interval past it, plus the
-   predictor's own one-step upper-quantile headroom, plus the backlog then (the queue now
-   and the arrivals until then, less what the replicas already there serve). The
-   forecast before then keeps replicas, never buys them. Arrivals are finished requests
-   + growth of the in-flight gauge.
+1. Forecast one startup ahead: plan for the highest point forecast over the intervals until
+   capacity asked for now is ready (the startup the connector measured, else the
+   configured one), plus the predictor's own one-step upper-quantile headroom. Arrivals are
+   finished requests + growth of the in-flight gauge; a queue left at the window's end is
+   added as a rate to drain.
 2. Prefill from the TTFT tail: each replica a FIFO queue fed every c-th request by a
    round-robin router, work per request ISL / tokens-per-s (profile), Gamma-distributed
    with the ISL's CV; waiting time with the Cramer-Lundberg tail P(W > x) ~ rho exp(-g x),
@@ -109,15 +108,11 @@ BOUNDS = {
 class _Plan:
     """What one tick plans for: request rates over each role's horizon and the lengths."""
 
-    prefill_rate: float  # req/s from when capacity asked now is ready (backlog then included)
+    prefill_rate: float  # req/s
     decode_rate: float  # req/s
     isl: float  # mean input length for prefill
     decode_isl: float  # mean input length for the decode context
     osl: float
-    # req/s over the intervals before capacity asked now can be ready: what the replicas
-    # already there must serve, so it keeps them (up to the current size), never buys more
-    prefill_rate_now: float = 0.0
-    decode_rate_now: float = 0.0
 
 
 # KV bytes per token when the profile does not say (Llama-3.1-8B, bf16 KV cache).
@@ -519,35 +514,19 @@ class SlaPlanPolicy:
     ) -> _Plan:
         """Per role, the worst interval until capacity asked for now is ready."""
         cfg = self.cfg
-        rates, rates_now, lengths, steps_of = {}, {}, {}, {}
+        rates, lengths, steps_of = {}, {}, {}
         for role, st in (("prefill", state.prefill), ("decode", state.decode)):
             startup = st.startup_estimate_s
             if startup is None:
                 startup = cfg.startup_prefill_s if role == "prefill" else cfg.startup_decode_s
             steps = steps_of[role] = max(1, math.ceil(startup / cfg.interval_s) + 1)
+            rates[role] = self._rate_ahead(steps, startup, lines, role) + backlog_rate
             # Lengths: the forecast, but never below the last observation or its steady
             # climb (a smoothing predictor lags a shift, and planning for shorter prompts
             # than the ones arriving costs SLA; planning for longer costs little).
             lengths[role] = (
                 max(_max_ahead(self.isl_pred, steps) or 0.0, _trend_ahead(self.isl_seen, steps)),
                 max(_max_ahead(self.osl_pred, steps) or 0.0, _trend_ahead(self.osl_seen, steps)),
-            )
-            # Capacity asked now serves from `startup` on, in interval k_ready ahead: plan it
-            # for the demand from then on and the backlog it will find then (what the
-            # replicas already there leave of the queue now and of the arrivals until then),
-            # not for the demand now. A burst that the forecast sees end before a cold
-            # start completes is left to queueing; one that outlasts it is bought.
-            k_ready = min(steps, math.floor(startup / cfg.interval_s) + 1)
-            isl, osl = lengths[role]
-            backlog = self._backlog_then(role, st, startup, k_ready, obs, isl, osl, lines)
-            rates[role] = (
-                self._rate_ahead(steps, startup, lines, role, first=k_ready)
-                + backlog / cfg.interval_s
-            )
-            rates_now[role] = (
-                self._rate_ahead(k_ready - 1, startup, lines, role) + backlog_rate
-                if k_ready > 1
-                else 0.0
             )
         # Stretch the observed ISL distribution only on a steady climb of its mean (not
         # on one window's jump: in a trace burst more prompts are mid-length, the long
@@ -560,8 +539,6 @@ class SlaPlanPolicy:
             isl=lengths["prefill"][0],
             decode_isl=lengths["decode"][0],
             osl=lengths["decode"][1],
-            prefill_rate_now=rates_now["prefill"],
-            decode_rate_now=rates_now["decode"],
         )
 
     def _size(self, plan: _Plan, state: ReplicaState, now_s: float, lines: list[str]) -> Decision:
@@ -572,20 +549,6 @@ class SlaPlanPolicy:
         allowed = self.budget_allowance(plan.prefill_rate, isl)
         p_need = self.prefill_needed(plan.prefill_rate, isl, allowed)
         d_need = self.decode_needed(plan.decode_rate, d_isl, osl)
-        # What serves until new capacity can be ready is what is there: keep it (up to the
-        # current size) for the demand until then; buy only for the demand from then on.
-        if plan.prefill_rate_now > plan.prefill_rate:
-            keep = min(
-                state.prefill.desired, self.prefill_needed(plan.prefill_rate_now, isl, allowed)
-            )
-            if keep > p_need:
-                lines.append(f"prefill: keeps {keep} for the demand until new capacity is ready")
-                p_need = keep
-        if plan.decode_rate_now > plan.decode_rate:
-            keep = min(state.decode.desired, self.decode_needed(plan.decode_rate_now, d_isl, osl))
-            if keep > d_need:
-                lines.append(f"decode: keeps {keep} for the demand until new capacity is ready")
-                d_need = keep
         lines.append(
             f"prefill: {plan.prefill_rate:.2f} req/s at ISL {isl:.0f}, service "
             f"{1000 * self.prefill_service_s(isl):.1f} ms (x{self.p_corr:.2f}): "
@@ -660,47 +623,7 @@ class SlaPlanPolicy:
 
     # ------------------------------------------------------------------ pieces
 
-    def _backlog_then(
-        self,
-        role: str,
-        st,
-        startup_s: float,
-        k_ready: int,
-        obs: Observation,
-        isl: float,
-        osl: float,
-        lines: list[str],
-    ) -> float:
-        """Requests still waiting when capacity asked now is ready: a fluid queue from the
-        requests queued now, fed by the point forecast of each interval until then and
-        drained by the replicas there (ready now; those starting from the next interval,
-        as they were asked at least one interval ago) at their full rate."""
-        cfg = self.cfg
-        backlog = float(obs.queued or 0.0)
-        if role == "prefill":
-            per_replica = 1.0 / self.prefill_service_s(isl)
-        else:
-            n_max, itl_ms, _ = self.decode_limit(isl, osl)
-            per_replica = n_max / max(1e-9, osl * itl_ms * self.d_corr / 1000.0)
-        for k in range(1, k_ready + 1):
-            # the share of interval k before the new capacity is ready
-            span = min(1.0, max(0.0, startup_s / cfg.interval_s - (k - 1)))
-            if span <= 0:
-                break
-            replicas = st.ready + (st.starting if k >= 2 else 0)
-            served = replicas * per_replica * cfg.interval_s
-            arriving = self.num_req_pred.predict(k) or 0.0
-            backlog = max(0.0, backlog + span * (arriving - served))
-        if backlog > 0 or obs.queued:
-            lines.append(
-                f"{role}: {obs.queued or 0:.0f} queued now -> {backlog:.0f} left when new "
-                f"capacity is ready (at {per_replica:.2f} req/s per replica)"
-            )
-        return backlog
-
-    def _rate_ahead(
-        self, steps: int, startup_s: float, lines: list[str], role: str, first: int = 1
-    ) -> float:
+    def _rate_ahead(self, steps: int, startup_s: float, lines: list[str], role: str) -> float:
         """Highest point forecast over the intervals until new capacity is ready, plus the
         headroom of the predictor's own one-step error quantile (the trend is in the point
         forecasts; widening the band with the horizon would double-count it). A count of
@@ -715,11 +638,10 @@ class SlaPlanPolicy:
         if upper_1 is not None and z > 0:
             sd = max(0.0, upper_1 - point_1) / z
             headroom = z * math.sqrt(max(0.0, sd * sd - max(0.0, point_1)))
-        first = min(max(1, first), steps)
-        peak = max((self.num_req_pred.predict(k) or 0.0) for k in range(first, steps + 1))
+        peak = max((self.num_req_pred.predict(k) or 0.0) for k in range(1, steps + 1))
         best = peak + headroom
         lines.append(
-            f"{role}: forecast peak over intervals {first}..{steps} (startup {startup_s:.0f} s) "
+            f"{role}: forecast peak over {steps} interval(s) (startup {startup_s:.0f} s) "
             f"{peak:.1f} + q{q:.2f} headroom {headroom:.1f} = {best:.1f} req/interval"
         )
         return best / self.cfg.interval_s
