@@ -23,6 +23,7 @@ COMMANDS = (
     "planner",
     "profile",
     "baseline",
+    "backtest",
 )
 
 EPILOG = """examples:
