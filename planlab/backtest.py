@@ -531,12 +531,15 @@ def export_scenario(scenario: Scenario, path: str | Path, history: History) -> P
 
 
 def _replicas_at(timeline: pd.DataFrame, role: str, t_s: np.ndarray) -> np.ndarray:
-    """The desired replicas of role in force at each time (the last row at or before it)."""
+    """The desired replicas of role in force at each time: the last row at or before it
+    (before the first row, the first row's: the replicas the run started with)."""
     tl = timeline.dropna(subset=[f"{role}_desired"])
     times = tl["t_s"].to_numpy(dtype=float)
     vals = tl[f"{role}_desired"].to_numpy(dtype=float)
+    if len(vals) == 0:
+        return np.full(len(t_s), np.nan)
     k = np.searchsorted(times, t_s, side="right") - 1
-    return np.where(k >= 0, vals[np.clip(k, 0, len(vals) - 1)], np.nan)
+    return vals[np.clip(k, 0, len(vals) - 1)]
 
 
 def cluster_gpu_hours(history: History, scenario: Scenario) -> float | None:
