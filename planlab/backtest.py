@@ -98,6 +98,7 @@ class Issue:
     start_s: float  # Unix seconds
     end_s: float
     detail: str
+    amount: float = 0.0  # the count it concerns (to pick the telling one of many series)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -191,14 +192,14 @@ def series_increase(
                 Issue("reset", metric, grid_s[a], grid_s[b],
                       f"counter fell from {values[a]:g} to {values[b]:g} (a restart); counted "
                       f"{values[b]:g} after it, what came between the last sample and the "
-                      "restart is lost")
+                      "restart is lost", float(values[a]))
             )  # fmt: skip
             d = values[b]
         if b > a + 1:
             issues.append(
                 Issue("gap", metric, grid_s[a], grid_s[b],
                       f"no samples for {b - a - 1} grid point(s); the increase across the gap "
-                      f"({d:g}) is spread evenly over its {b - a} steps")
+                      f"({d:g}) is spread evenly over its {b - a} steps", float(d))
             )  # fmt: skip
         inc[a:b] = d / (b - a)
     if have[-1] < n:
@@ -299,6 +300,8 @@ class History:
     osl: StepHistogram | None
     replicas: dict[str, np.ndarray | None]  # per grid time, NaN unknown; None: not recorded
     issues: tuple[Issue, ...] = field(default=())
+    ttft: StepHistogram | None = None
+    itl: StepHistogram | None = None
 
     @property
     def n_steps(self) -> int:
@@ -350,6 +353,15 @@ def read_history(
                           "no such histogram in the window; the base scenario's "
                           f"{key.upper()} distribution is used")
                 )  # fmt: skip
+        for key, name in (("ttft", M.TTFT), ("itl", M.ITL)):
+            # only for the cluster's own attainment; absent is said, nothing else needs it
+            hists[key] = step_histogram(last(f"{name}_bucket"), last(f"{name}_sum"), grid, name, [])
+            if hists[key] is None:
+                issues.append(
+                    Issue("missing", name, grid[0], grid[-1],
+                          "no such histogram in the window; the cluster's attainment is "
+                          "not shown")
+                )  # fmt: skip
         if np.isnan(requests).all():
             if hists["isl"] is not None and not np.isnan(hists["isl"].counts).all():
                 requests = hists["isl"].counts.sum(axis=1)
@@ -388,7 +400,7 @@ def read_history(
                 )  # fmt: skip
     return History(
         url, start_s, end_s, step_s, grid, requests, hists["isl"], hists["osl"], replicas,
-        tuple(issues),
+        tuple(issues), hists["ttft"], hists["itl"],
     )  # fmt: skip
 
 
@@ -556,6 +568,25 @@ def cluster_gpu_hours(history: History, scenario: Scenario) -> float | None:
     return total
 
 
+def fraction_at_most(hist: StepHistogram | None, limit: float) -> float | None:
+    """The share of a histogram's observations over the whole window at or below limit,
+    interpolated linearly inside the bucket that holds it (as histogram_quantile does)."""
+    if hist is None:
+        return None
+    counts = np.nansum(hist.counts, axis=0)
+    total = counts.sum()
+    if total <= 0:
+        return None
+    upper = np.array(hist.le)
+    lower = np.concatenate(([0.0], upper[:-1]))
+    below = counts[:-1][upper <= limit].sum()
+    inside = np.flatnonzero((lower < limit) & (limit < upper))
+    if len(inside):
+        b = inside[0]
+        below += counts[b] * (limit - lower[b]) / (upper[b] - lower[b])
+    return float(below / total)
+
+
 _SLUG = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -627,6 +658,10 @@ def backtest(
         "scenario": scenario.name,
         "cluster": {
             "gpu_hours": cluster_gpu_hours(history, scenario),
+            # from the frontend's histograms, interpolated inside a bucket: TTFT per request;
+            # ITL per token gap (not per request's mean gap, as the simulated attainment is)
+            "ttft_attainment": fraction_at_most(history.ttft, scenario.sla.ttft_ms / 1000),
+            "itl_gap_fraction": fraction_at_most(history.itl, scenario.sla.itl_ms / 1000),
             "replicas_recorded": {r: history.replicas.get(r) is not None for r in ROLES},
         },
         "policies": totals,

@@ -69,6 +69,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=main)
 
 
+def issue_lines(issues) -> list[str]:
+    """One line per kind of issue, metric family and time span (the series of one histogram
+    share their gaps and resets)."""
+    import re
+    from datetime import UTC, datetime
+
+    groups: dict[tuple, list] = {}
+    for i in issues:
+        family = re.sub(r"(_bucket|_sum|_count)$", "", i.metric.split("{")[0])
+        groups.setdefault((i.kind, family, i.start_s, i.end_s), []).append(i)
+    lines = []
+    for (kind, family, a, b), items in groups.items():
+        span = (
+            f"{datetime.fromtimestamp(a, tz=UTC):%Y-%m-%d %H:%M:%S} .. "
+            f"{datetime.fromtimestamp(b, tz=UTC):%H:%M:%S}"
+        )
+        more = f" (and {len(items) - 1} more series)" if len(items) > 1 else ""
+        telling = max(items, key=lambda i: i.amount)
+        lines.append(f"{kind} {family} {span}: {telling.detail}{more}")
+    return lines
+
+
 def main(args: argparse.Namespace) -> int:
     from planlab.backtest import (
         BASE,
@@ -106,8 +128,8 @@ def main(args: argparse.Namespace) -> int:
     history = read_history(args.prometheus, start, end, step, replica_queries=queries, token=token)
     scenario, derived_issues = derive_scenario(history, base)
     issues = list(history.issues) + derived_issues
-    for i in issues:
-        print(f"planlab: data: {i.kind} {i.metric}: {i.detail}", file=sys.stderr)
+    for line in issue_lines(issues):
+        print(f"planlab: data: {line}", file=sys.stderr)
     if args.export:
         path = export_scenario(scenario, args.export, history)
         print(f"wrote the derived scenario to {path} (planlab run {path})")
@@ -127,10 +149,12 @@ def main(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     cluster = report["cluster"]["gpu_hours"]
+    ttft = report["cluster"]["ttft_attainment"]
     print(
         f"{history.n_steps} steps of {history.step_s:g} s, {report['requests']:.0f} requests; "
         f"the cluster ran "
         + ("(replicas not recorded)" if cluster is None else f"{cluster:.2f} GPU-hours")
+        + ("" if ttft is None else f", TTFT attainment {ttft:.4f} (from its histogram)")
     )
     print(f"{'policy':<16}{'GPU-hours':>10}{'joint att.':>12}{'TTFT att.':>11}{'ITL att.':>10}")
     crashed = 0
