@@ -310,3 +310,24 @@ def test_ctrl_c_cancels_the_study_and_stops_its_workers(tmp_path):
     time.sleep(1)
     assert _alive(pids) == []
     assert not (out / "compare.csv").exists()  # no half-written comparison
+
+
+def test_sweep_on_a_local_cluster_is_resumable(scenario, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    argv = ["sweep", str(scenario), "--set", "cluster.prefill.replicas=1,2",
+            "--cluster", "local", "--jobs", "2", "--out", str(out), "--quiet"]  # fmt: skip
+    assert cli_main(argv) == 0
+    first = pd.read_csv(out / "sweep.csv")
+    assert (first["status"] == "ok").all() and not first["reused"].any()
+    local = tmp_path / "local"
+    cli_main(["sweep", str(scenario), "--set", "cluster.prefill.replicas=1,2", "--jobs", "1",
+              "--out", str(local), "--quiet"])  # fmt: skip
+    for name in ("cluster.prefill.replicas=1", "cluster.prefill.replicas=2"):
+        for f in SAME_BYTES:
+            assert (out / "points" / name / f).read_bytes() == (
+                local / "points" / name / f
+            ).read_bytes()
+    capsys.readouterr()
+    assert cli_main(argv) == 0  # everything is there: nothing runs, no cluster starts
+    assert "2 kept from an earlier run" in capsys.readouterr().out
+    assert pd.read_csv(out / "sweep.csv")["reused"].all()
