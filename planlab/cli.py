@@ -53,28 +53,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose, 2),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     try:
-        code = int(args.func(args) or 0)
-        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
-        return code
-    except ConfigError as exc:
-        print(f"planlab: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("planlab: interrupted", file=sys.stderr)
-        return 130
+        try:
+            return _run(argv)
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here, inside the handler below
     except BrokenPipeError:
         # The reader went away (`planlab decide --json | head -1`): stop quietly as Unix
         # tools do. Point stdout at /dev/null so the interpreter's final flush cannot fail.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what a shell reports for a tool stopped by the pipe
+
+
+def _run(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)  # exits 2 on bad usage, 0 after --help
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"planlab: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("planlab: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
