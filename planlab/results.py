@@ -289,14 +289,14 @@ def check_out_dir(
     out_dir: str | Path,
     *,
     force: bool,
-    marker: str = "summary.json",
+    markers: tuple[str, ...] = ("summary.json",),
     entries: frozenset[str] = RUN_DIR_ENTRIES,
     what: str = "run",
 ) -> None:
     """Refuse, before any work, an output directory that would lose something.
 
     A path that does not exist, or an empty directory, is fine. An earlier planlab `what`
-    directory (it holds `marker`, and only names planlab writes) may be replaced with
+    directory (it holds one of `markers`, and only names planlab writes) may be reused with
     `force`. Anything else (a file, a folder of the user's, a planlab folder with files
     added) is refused: planlab never deletes or moves what it did not write.
     """
@@ -313,7 +313,7 @@ def check_out_dir(
     if not names:
         return
     foreign = [n for n in names if n not in entries and not n.startswith(f".{out_dir.name}.")]
-    if marker in names and not foreign:
+    if any(m in names for m in markers) and not foreign:
         if force:
             return
         raise ConfigError(
@@ -377,6 +377,21 @@ def write_run(
         raise
     log.info("wrote run results to %s", out_dir)
     return out_dir
+
+
+def claim_new_dir(path: str | Path) -> Path:
+    """Create `path`, or the first free `<path>-2`, `-3`, ... (mkdir is atomic, so two
+    commands started in the same second never share a default folder)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        candidate = path if n == 1 else path.with_name(f"{path.name}-{n}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise ConfigError("no free name for the output folder", source=str(path))
 
 
 def _rename_into_free(new: Path, target: Path, *, unique: bool) -> Path:

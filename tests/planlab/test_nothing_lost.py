@@ -195,3 +195,33 @@ def _frames():
     requests = pd.DataFrame({c: [] for c in results.REQUEST_COLUMNS})
     timeline = pd.DataFrame({c: [] for c in results.TIMELINE_COLUMNS})
     return requests, timeline, []
+
+
+def test_compare_and_sweep_refuse_a_folder_of_the_users(scenario_file, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("chapter 1")
+    assert main(["compare", str(scenario_file), "--policies", "static", "--out", str(mine),
+                 "--quiet"]) == 2  # fmt: skip
+    assert "thesis.tex" in capsys.readouterr().err
+    assert main(["sweep", str(scenario_file), "--set", "seed=1,2", "--out", str(mine),
+                 "--quiet"]) == 2  # fmt: skip
+    assert "thesis.tex" in capsys.readouterr().err
+    assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]
+
+
+def test_compare_reruns_into_its_folder_only_with_force(scenario_file, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    argv = ["compare", str(scenario_file), "--policies", "static", "--out", str(out), "--quiet",
+            "--jobs", "1"]  # fmt: skip
+    assert main(argv) == 0
+    assert main(argv) == 2
+    assert "--force" in capsys.readouterr().err
+    assert main([*argv, "--force"]) == 0
+    assert (out / "compare.csv").is_file()
+
+
+def test_default_compare_folders_never_collide(tmp_path):
+    first = results.claim_new_dir(tmp_path / "compare-x")
+    second = results.claim_new_dir(tmp_path / "compare-x")
+    assert (first.name, second.name) == ("compare-x", "compare-x-2")
