@@ -716,6 +716,8 @@ def yaml_error_text(exc: yaml.YAMLError) -> str:
 
 def _read_yaml(path: Path) -> Any:
     source = str(path)
+    if path.is_dir():
+        raise ConfigError("is a directory; expected a scenario YAML file", source=source)
     if not path.is_file():
         raise ConfigError("scenario file not found; expected a YAML file", source=source)
     try:

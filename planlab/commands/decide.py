@@ -83,6 +83,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+ANALYTIC_FLAGS = {"model": "--analytic", "gpu": "--gpu", "dtype": "--dtype", "tp": "--tp"}
+
+
 def finite(text: str) -> float:
     """An argparse type: a finite number (nan and inf are bad input, exit 2)."""
     try:
@@ -136,7 +139,13 @@ def run(args: argparse.Namespace) -> int:
     if args.profile:
         profile = load_profile(args.profile)
     else:
-        profile = analytic_profile(args.analytic or "llama-3.1-8b", args.gpu, args.dtype, args.tp)
+        try:
+            profile = analytic_profile(
+                args.analytic or "llama-3.1-8b", args.gpu, args.dtype, args.tp
+            )
+        except ConfigError as exc:  # name the flag the user typed, not the scenario key
+            flag = ANALYTIC_FLAGS.get((exc.key or "").rpartition(".")[2], exc.key)
+            raise ConfigError(exc.detail, key=flag) from None
     check_in_profile(profile, args.isl, args.osl)
 
     observed = args.observed_ttft is not None and args.observed_itl is not None

@@ -271,3 +271,18 @@ def test_daemon_config_alias_clash_is_an_error(tmp_path, capsys):
         "planner.throughput_adjustment_interval_seconds",
         "expected one of the two",
     )
+
+
+@pytest.mark.parametrize(
+    "flags, flag",
+    [(["--analytic", "gpt-9"], "--analytic"), (["--tp", "0"], "--tp"), (["--gpu", "x"], "--gpu")],
+)
+def test_decide_names_the_flag_not_the_scenario_key(flags, flag, capsys):
+    err = _refused(
+        ["decide", "--num-req", "10", "--isl", "3000", "--osl", "150", *flags], capsys, flag
+    )
+    assert "model.analytic" not in err
+
+
+def test_a_directory_given_as_scenario(tmp_path, capsys):
+    _refused(["run", str(tmp_path)], capsys, "is a directory")
