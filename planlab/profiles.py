@@ -142,6 +142,12 @@ def _need_both(d: Path, pre: Path, dec: Path) -> None:
 def _read_arrays(path: Path) -> dict[str, Any]:
     """The key -> array mapping of an npz or JSON file; ConfigError if unreadable."""
     if path.suffix == ".npz":
+        if not zipfile.is_zipfile(path):
+            # np.load reads a non-zip file as a pickle and says so, which misleads.
+            raise ConfigError(
+                "not a valid npz file (not a zip archive); expected numpy's savez output",
+                source=str(path),
+            )
         try:
             with np.load(path, allow_pickle=False) as z:
                 return {k: z[k] for k in z.files}
