@@ -56,6 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seeds", type=int, default=1, help="seeds per policy (default 1)")
     p.add_argument("--out", metavar="DIR", help="output folder (default results/backtest-<time>)")
+    p.add_argument(
+        "--force", action="store_true", help="replace --out when it holds an earlier backtest"
+    )
     p.add_argument("--export", metavar="FILE", help="write the derived scenario (YAML) here")
     p.add_argument("--no-replay", action="store_true", help="only derive (and --export)")
     p.add_argument("--jobs", type=int, help="worker processes (default: CPU count; 1 inline)")
@@ -100,8 +103,9 @@ def main(args: argparse.Namespace) -> int:
         parse_time,
         read_history,
     )
-    from planlab.commands.compare import parse_list
+    from planlab.commands.compare import COMPARE_DIR_ENTRIES, parse_list
     from planlab.distributed import make_backend
+    from planlab.results import check_out_dir, claim_new_dir
     from scenario import load_scenario
     from scenario.schema import parse_duration
 
@@ -118,6 +122,14 @@ def main(args: argparse.Namespace) -> int:
             )
         queries[role] = query.strip()
     policies = [] if args.no_replay else parse_list(args.policies, "policies")
+    if args.out and not args.no_replay:
+        check_out_dir(
+            args.out,
+            force=args.force,
+            markers=("backtest.json",),
+            entries=COMPARE_DIR_ENTRIES | {"backtest.csv", "backtest.json"},
+            what="backtest",
+        )
     base = load_scenario(args.scenario) if args.scenario else BASE
     token = None
     if args.bearer_token_file:
@@ -138,7 +150,7 @@ def main(args: argparse.Namespace) -> int:
     out = (
         Path(args.out)
         if args.out
-        else Path("results") / f"backtest-{scenario.name.removeprefix('backtest-')}"
+        else claim_new_dir(Path("results") / f"backtest-{scenario.name.removeprefix('backtest-')}")
     )
     bar = ProgressBar(enabled=not args.quiet, delay_s=0.0)
     try:

@@ -393,6 +393,17 @@ def test_cli_backtest_and_its_errors(served, tmp_path, capsys):
     assert "10 steps of 60 s" in text and "static" in text
     assert "5.0 GPU-hours" not in text and f"{5 * 600 / 3600:.2f} GPU-hours" in text
     assert (out / "backtest.csv").is_file() and (tmp_path / "e.yaml").is_file()
+    # a folder of the user's is never written into; an earlier backtest only with --force
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    again = ["backtest", "--prometheus", prom.url, "--start", str(t0), "--end",
+             str(t0 + 600), "--policies", "static", "--jobs", "1", "--quiet"]  # fmt: skip
+    assert cli_main([*again, "--out", str(mine)]) == 2
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    assert cli_main([*again, "--out", str(out)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert cli_main([*again, "--out", str(out), "--force"]) == 0
     assert cli_main(["backtest", "--prometheus", prom.url, "--start", "yesterday",
                      "--end", "1"]) == 2  # fmt: skip
     assert "RFC 3339" in capsys.readouterr().err
