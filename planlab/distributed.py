@@ -4,9 +4,9 @@ worker processes on 127.0.0.1); one map-like interface that compare, sweep and t
 search use.
 
 On Dask each simulation is one task. The files a scenario names (a trace, empirical length
-files, a profile directory) are scattered to every worker once per study, not shipped per
-task; a worker that sees the same file at the same path (one machine, a shared file system)
-reads it there. A task that writes a results directory writes it into a temporary folder on
+files, a profile directory) are scattered to the cluster once per study and reach each
+worker once, the first time one of its tasks needs them, not with every task; a worker that
+sees the same file at the same path (one machine, a shared file system) reads it there. A task that writes a results directory writes it into a temporary folder on
 its worker and sends the files back; the client writes them where a local run would have
 (atomically), so the directories are the same bytes as a local run's. A worker lost
 mid-task is the scheduler's to handle: it runs the task again on another worker (Dask's
@@ -216,10 +216,15 @@ def _same_file_here(path: str, digest: str) -> bool:
     return _digest_at(path, st.st_size, st.st_mtime_ns) == digest
 
 
+# Set in a worker's environment: never read a scenario's file at the user's path, always
+# the copy the client sent (when the path exists there but may hold something else).
+NO_SHARED_FILES_ENV = "PLANLAB_DASK_NO_SHARED_FILES"
+
+
 def _materialize(path: str, digest: str, data: bytes) -> str:
-    """The file on this worker: where the client has it when it is the same file, else a
-    copy in this machine's cache (written once per content)."""
-    if _same_file_here(path, digest):
+    """The file on this worker: where the client has it when it is the same file there, else
+    a copy in this machine's cache, written once per content."""
+    if not os.environ.get(NO_SHARED_FILES_ENV) and _same_file_here(path, digest):
         return path
     root = Path(tempfile.gettempdir()) / "planlab-dask-files" / digest[:32]
     target = root / Path(path).name
@@ -340,8 +345,10 @@ def _dask_completed(tasks: Sequence[Task], backend: Backend) -> Iterator[Done]:
         return
     distributed = _import_distributed()
     with dask_client(backend) as client:
-        # Each distinct file goes to every worker once (broadcast), and every task that
-        # reads it gets the same future.
+        # Each distinct file is scattered once, and every task that reads it depends on the
+        # same future: Dask moves the bytes to a worker the first time one of its tasks needs
+        # them (from a worker that has them, not through the scheduler) and keeps them there
+        # for the rest of the study.
         shipped: dict[str, Any] = {}
         per_task = []
         for task in tasks:
@@ -353,7 +360,7 @@ def _dask_completed(tasks: Sequence[Task], backend: Backend) -> Iterator[Done]:
                     if name not in shipped:
                         data = path.read_bytes()
                         digest = hashlib.sha256(data).hexdigest()
-                        [fut] = client.scatter([(digest, data)], broadcast=True, hash=False)
+                        [fut] = client.scatter([(digest, data)], hash=False)
                         shipped[name] = fut
                     mine[name] = shipped[name]
             per_task.append(mine)

@@ -22,7 +22,14 @@ from tiny_scenario import tiny_yaml
 
 import planlab.compare as cmp
 from planlab.cli import main as cli_main
-from planlab.distributed import Backend, Task, _remote, make_backend, run_tasks
+from planlab.distributed import (
+    NO_SHARED_FILES_ENV,
+    Backend,
+    Task,
+    _remote,
+    make_backend,
+    run_tasks,
+)
 from planner.errors import ConfigError
 from scenario import load_scenario
 
@@ -171,6 +178,39 @@ def test_trace_travels_to_a_worker_without_the_file(tmp_path):
         assert files[f] == (here / "runs" / "r" / f).read_bytes()
     assert elsewhere in files["scenario.yaml"].decode()
     assert row["requests"] == 40  # 40 trace rows in the 2-minute window
+
+
+def test_trace_fetched_once_by_a_worker_that_may_not_read_it(tmp_path, monkeypatch):
+    """On a real LocalCluster whose workers are told not to read the user's paths: the
+    scattered trace reaches the workers, which write it into their own cache, and the runs
+    match local ones."""
+    trace = tmp_path / "trace.csv"
+    rows = ["TIMESTAMP,ContextTokens,GeneratedTokens"]
+    rows += [f"2023-11-16 18:{m:02d}:{s:02d}.000,{900 + 11 * s},{30 + s}" for m in range(2)
+             for s in range(0, 60, 2)]  # fmt: skip
+    trace.write_text("\n".join(rows) + "\n")
+    path = tmp_path / "t.yaml"
+    path.write_text(
+        tiny_yaml(seed=4).replace(
+            "  arrival: {process: poisson, rate: [[0, 2.0], [50s, 24.0]]}\n"
+            "  isl: {dist: lognormal, mean: 3000, cv: 0.3, max: 16000}\n"
+            "  osl: {dist: lognormal, mean: 100, cv: 0.3, max: 1000}\n",
+            f"  trace: {{path: {trace}, format: azure}}\n",
+        )
+    )
+    local = tmp_path / "local"
+    cmp.compare([path], ["static", "dynamo"], 1, local, backend=Backend(jobs=1))
+    workers_tmp = tmp_path / "workers-tmp"
+    workers_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(workers_tmp))  # the spawned workers' tempfile.gettempdir()
+    monkeypatch.setenv(NO_SHARED_FILES_ENV, "1")
+    out = tmp_path / "dask"
+    df = cmp.compare([path], ["static", "dynamo"], 1, out, backend=Backend(jobs=2, cluster="local"))
+    assert (df[df["kind"] == "run"]["requests"] == 60).all()
+    _assert_same_runs(local, out)
+    digest = hashlib.sha256(trace.read_bytes()).hexdigest()
+    copies = list(workers_tmp.glob(f"planlab-dask-files/{digest[:32]}/trace.csv"))
+    assert copies and copies[0].read_bytes() == trace.read_bytes()
 
 
 def _start(cmd: list[str], log: Path) -> subprocess.Popen:
