@@ -52,12 +52,20 @@ from scenario import (
 
 log = logging.getLogger(__name__)
 
-# Replica counts, when the cluster recorded them: kube-state-metrics' Deployment spec
-# (https://github.com/kubernetes/kube-state-metrics/blob/main/docs/metrics/workload/deployment-metrics.md);
-# a Dynamo deployment's planner gauges or any other series can be named with --replicas.
-DEFAULT_REPLICA_QUERIES = {
-    "prefill": 'sum(kube_deployment_spec_replicas{deployment=~".*prefill.*"})',
-    "decode": 'sum(kube_deployment_spec_replicas{deployment=~".*decode.*"})',
+# Replica counts, when the cluster recorded them, tried in order: kube-state-metrics'
+# Deployment spec (https://github.com/kubernetes/kube-state-metrics/blob/main/docs/metrics/
+# workload/deployment-metrics.md), then Dynamo's planner gauges (`planner:num_p_workers`,
+# `planner:num_d_workers`, the planner's Prometheus metrics in Dynamo's planner docs); any
+# other series can be named with --replicas ROLE=PROMQL.
+DEFAULT_REPLICA_QUERIES: dict[str, tuple[str, ...]] = {
+    "prefill": (
+        'sum(kube_deployment_spec_replicas{deployment=~".*prefill.*"})',
+        "sum(planner:num_p_workers)",
+    ),
+    "decode": (
+        'sum(kube_deployment_spec_replicas{deployment=~".*decode.*"})',
+        "sum(planner:num_d_workers)",
+    ),
 }
 ROLES = ("prefill", "decode")
 
@@ -302,6 +310,7 @@ class History:
     issues: tuple[Issue, ...] = field(default=())
     ttft: StepHistogram | None = None
     itl: StepHistogram | None = None
+    replica_queries: dict[str, str | None] = field(default_factory=dict)  # the ones that answered
 
     @property
     def n_steps(self) -> int:
@@ -335,7 +344,9 @@ def read_history(
     # sample exactly on the previous grid time must not hide a gap behind it
     w = f"[{max(1, int(round(step_s * 1000)) - 1)}ms]"
     issues: list[Issue] = []
-    queries = dict(DEFAULT_REPLICA_QUERIES, **(replica_queries or {}))
+    queries = dict(DEFAULT_REPLICA_QUERIES)
+    queries.update({role: (q,) for role, q in (replica_queries or {}).items()})
+    used: dict[str, str | None] = {}
     with PrometheusRange(url, token=token) as prom:
 
         def last(metric: str) -> list[tuple[dict[str, str], np.ndarray]]:
@@ -379,13 +390,18 @@ def read_history(
                 )
         replicas: dict[str, np.ndarray | None] = {}
         for role in ROLES:
-            got = prom.grid(queries[role], grid, step_s)
+            got, used[role] = [], None
+            for query in queries[role]:
+                got = prom.grid(query, grid, step_s)
+                if got:
+                    used[role] = query
+                    break
             if not got:
                 replicas[role] = None
                 issues.append(
                     Issue("missing", f"{role} replicas", grid[0], grid[-1],
-                          f"{queries[role]} has no samples; the cluster's replicas are not "
-                          "shown")
+                          f"{' and '.join(queries[role])} have no samples; the cluster's "
+                          "replicas are not shown")
                 )  # fmt: skip
                 continue
             values = np.nansum([v for _, v in got], axis=0)
@@ -400,7 +416,7 @@ def read_history(
                 )  # fmt: skip
     return History(
         url, start_s, end_s, step_s, grid, requests, hists["isl"], hists["osl"], replicas,
-        tuple(issues), hists["ttft"], hists["itl"],
+        tuple(issues), hists["ttft"], hists["itl"], used,
     )  # fmt: skip
 
 
@@ -663,6 +679,7 @@ def backtest(
             "ttft_attainment": fraction_at_most(history.ttft, scenario.sla.ttft_ms / 1000),
             "itl_gap_fraction": fraction_at_most(history.itl, scenario.sla.itl_ms / 1000),
             "replicas_recorded": {r: history.replicas.get(r) is not None for r in ROLES},
+            "replica_queries": history.replica_queries,
         },
         "policies": totals,
         "issues": [i.to_dict() for i in issues],

@@ -104,10 +104,12 @@ def openmetrics(
     *,
     reset_after_s: float | None = None,
     gap_s: tuple[float, float] | None = None,
+    replicas_as: str = "kube",
 ) -> str:
     """The frontend's series and kube-state-metrics' replicas at every scrape (a zero sample
     at t0, as a freshly started frontend exports). reset_after_s: the frontend restarts just
-    after that scrape (its counters start again from zero). gap_s: no scrapes in (a, b)."""
+    after that scrape (its counters start again from zero). gap_s: no scrapes in (a, b).
+    replicas_as: kube (kube-state-metrics' Deployment spec) or dynamo (the planner's gauges)."""
     store = made.store
     times = np.concatenate(([0.0], store.times_ms / 1000.0))
     values = np.vstack([np.zeros(store.width), store.values])
@@ -136,18 +138,22 @@ def openmetrics(
                 lines.append(f'{name}_bucket{{le="{_fmt(b)}"}} {v:.17g} {ts}')
             lines.append(f"{name}_sum {values[k, store.cols[name + '_sum']]:.17g} {ts}")
             lines.append(f"{name}_count {values[k, store.cols[name + '_count']]:.17g} {ts}")
-    lines.append("# TYPE kube_deployment_spec_replicas gauge")
+    gauge = {"kube": "kube_deployment_spec_replicas", "dynamo": "planner:num_p_workers"}
+    lines.append(f"# TYPE {gauge[replicas_as]} gauge")
     tl = pd.DataFrame(made.timeline).drop_duplicates("t_s", keep="last")
     cluster = made.scenario.cluster  # the Deployments exist before the frontend's first scrape
     start = {"t_s": 0.0, "prefill_desired": cluster.prefill.replicas,
              "decode_desired": cluster.decode.replicas}  # fmt: skip
     tl = pd.concat([pd.DataFrame([start]), tl], ignore_index=True)
     for role in ("prefill", "decode"):
+        if replicas_as == "kube":
+            series = f'kube_deployment_spec_replicas{{deployment="llm-{role}",namespace="serving"}}'
+        else:
+            series = f"planner:num_{role[0]}_workers"
+            if role == "decode":
+                lines.append(f"# TYPE {series} gauge")
         for _, row in tl.iterrows():
-            lines.append(
-                f'kube_deployment_spec_replicas{{deployment="llm-{role}",namespace="serving"}} '
-                f"{row[f'{role}_desired']:.17g} {t0_unix + row['t_s']:.3f}"
-            )
+            lines.append(f"{series} {row[f'{role}_desired']:.17g} {t0_unix + row['t_s']:.3f}")
     lines.append("# EOF")
     return "\n".join(lines) + "\n"
 
@@ -353,7 +359,7 @@ def test_reset_and_gap_are_reported_not_zero(made, tmp_path):
     """The frontend restarts just after the scrape at 6 min (its counters start again at
     zero) and Prometheus has no samples from 10 to 13 min."""
     t0 = _t0()
-    text = openmetrics(made, t0, reset_after_s=360.0, gap_s=(600.0, 780.0))
+    text = openmetrics(made, t0, reset_after_s=360.0, gap_s=(600.0, 780.0), replicas_as="dynamo")
     with BackfilledPrometheus(tmp_path, text) as prom:
         h = read_history(prom.url, t0, t0 + DURATION_S, 60.0)
         missing = read_history(
@@ -375,6 +381,12 @@ def test_reset_and_gap_are_reported_not_zero(made, tmp_path):
                                   np.delete(counts, [10, 11, 12]))  # fmt: skip
     np.testing.assert_allclose(h.isl.counts[10:13], np.repeat(isl[10:13].sum(0)[None] / 3, 3, 0))
     assert any(i.kind == "missing" and i.metric == "prefill replicas" for i in missing.issues)
+    # no kube-state-metrics here: the replicas come from Dynamo's planner gauges
+    assert h.replica_queries == {
+        "prefill": "sum(planner:num_p_workers)",
+        "decode": "sum(planner:num_d_workers)",
+    }
+    assert np.nanmax(h.replicas["prefill"]) == 3 and np.nanmin(h.replicas["decode"]) == 2
     assert missing.replicas["prefill"] is None
 
 
