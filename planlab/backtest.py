@@ -131,10 +131,28 @@ class PrometheusRange:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    # Prometheus answers at most 11,000 points per series in one query_range
+    # (promql/engine: "exceeded maximum resolution of 11,000 points per timeseries").
+    MAX_POINTS = 10_000
+
     def grid(
         self, promql: str, grid_s: np.ndarray, step_s: float
     ) -> list[tuple[dict[str, str], np.ndarray]]:
-        """Each series' values at the grid times (NaN where Prometheus has none)."""
+        """Each series' values at the grid times (NaN where Prometheus has none), asked in
+        pieces of at most MAX_POINTS grid times."""
+        merged: dict[tuple, tuple[dict[str, str], np.ndarray]] = {}
+        for a in range(0, len(grid_s), self.MAX_POINTS):
+            piece = grid_s[a : a + self.MAX_POINTS]
+            for labels, values in self._grid(promql, piece, step_s):
+                key = tuple(sorted(labels.items()))
+                if key not in merged:
+                    merged[key] = (labels, np.full(len(grid_s), np.nan))
+                merged[key][1][a : a + len(piece)] = values
+        return list(merged.values())
+
+    def _grid(
+        self, promql: str, grid_s: np.ndarray, step_s: float
+    ) -> list[tuple[dict[str, str], np.ndarray]]:
         import httpx
 
         params = {

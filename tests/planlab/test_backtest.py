@@ -21,7 +21,14 @@ import pandas as pd
 import pytest
 
 from live.emulator.prometheus_server import free_port
-from planlab.backtest import BASE, backtest, derive_scenario, export_scenario, read_history
+from planlab.backtest import (
+    BASE,
+    PrometheusRange,
+    backtest,
+    derive_scenario,
+    export_scenario,
+    read_history,
+)
 from planlab.cli import main as cli_main
 from planlab.profiles import resolve_model
 from planner import metrics as M
@@ -253,7 +260,7 @@ def _truth(made: Made, t0: float, step_s: float, n: int) -> tuple[np.ndarray, np
 
 
 @needs_prometheus
-def test_history_read_back_is_the_requests_that_made_it(made, served):
+def test_history_read_back_is_the_requests_that_made_it(made, served, monkeypatch):
     prom, t0 = served
     h = read_history(prom.url, t0, t0 + DURATION_S, 60.0)
     assert h.n_steps == DURATION_S // 60
@@ -269,6 +276,12 @@ def test_history_read_back_is_the_requests_that_made_it(made, served):
     np.testing.assert_array_equal(h.replicas["prefill"], 3)
     np.testing.assert_array_equal(h.replicas["decode"], 2)
     assert [i.kind for i in h.issues] == []  # a clean history has nothing to report
+    # a long window is asked in pieces (Prometheus answers at most 11,000 points a series)
+    monkeypatch.setattr(PrometheusRange, "MAX_POINTS", 7)
+    pieces = read_history(prom.url, t0, t0 + DURATION_S, 60.0)
+    np.testing.assert_array_equal(pieces.requests, h.requests)
+    np.testing.assert_array_equal(pieces.isl.counts, h.isl.counts)
+    np.testing.assert_array_equal(pieces.replicas["decode"], h.replicas["decode"])
 
 
 @needs_prometheus
