@@ -680,6 +680,7 @@ def backtest(
         }
     steps = pd.DataFrame(table)
     _write_text(out_dir / "backtest.csv", steps.to_csv(index=False, lineterminator="\n"))
+    plot_gpus(steps, scenario, list(policies), out_dir / "plots")
     report = {
         "prometheus": history.url,
         "start": _utc(history.start_s).isoformat(),
@@ -709,6 +710,61 @@ def backtest(
     report["scenario_obj"] = scenario
     report["steps_frame"] = steps
     return report
+
+
+def plot_gpus(
+    steps: pd.DataFrame, scenario: Scenario, policies: Sequence[str], plots_dir: Path
+) -> Path:
+    """plots/backtest-gpus.png (+ .json): the request rate, and the GPUs the cluster held
+    beside the GPUs each policy would have held, step by step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from planlab.compare import _policy_color
+    from planlab.report import save_figure
+
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    gp = scenario.cluster.prefill.gpus_per_replica
+    gd = scenario.cluster.decode.gpus_per_replica
+    t_min = steps["t_s"].to_numpy(dtype=float) / 60.0
+    edges = np.append(t_min, scenario.duration_s / 60.0)  # the last step drawn to its end
+
+    def held(values: Any) -> np.ndarray:
+        v = np.asarray(values, dtype=float)
+        return np.append(v, v[-1:])
+
+    series: dict[str, Any] = {"t_min": t_min, "rate_rps": steps["rate_rps"].to_numpy()}
+    lines = {"cluster (recorded)": ("cluster_prefill", "cluster_decode")}
+    lines.update(
+        {p: (f"{_SLUG.sub('-', p)}_prefill", f"{_SLUG.sub('-', p)}_decode") for p in policies}
+    )
+    fig, (ax_r, ax_g) = plt.subplots(
+        2, 1, figsize=(11, 6), sharex=True, gridspec_kw={"height_ratios": [1, 2]}
+    )
+    ax_r.step(edges, held(series["rate_rps"]), where="post", color="0.35", lw=1)
+    ax_r.set_ylabel("request rate\n(req/s)")
+    ax_r.set_ylim(bottom=0)
+    ax_r.set_title(f"{scenario.name}: GPUs the cluster held and each policy would have")
+    ax_r.grid(alpha=0.3)
+    for i, (label, (pre, dec)) in enumerate(lines.items()):
+        if pre not in steps or dec not in steps:
+            continue
+        gpus = pd.to_numeric(steps[pre]) * gp + pd.to_numeric(steps[dec]) * gd
+        if gpus.isna().all():
+            continue
+        series[label] = gpus.to_numpy()
+        color = "black" if i == 0 else _policy_color(label, i)
+        ax_g.step(edges, held(gpus), where="post", color=color, lw=3.0 if i == 0 else 1.5,
+                  ls="--" if i == 0 else "-", label=label, alpha=0.85)  # fmt: skip
+    ax_g.set_ylabel("GPUs")
+    ax_g.set_xlabel("time (min from --start)")
+    ax_g.set_ylim(bottom=0)
+    ax_g.grid(alpha=0.3)
+    ax_g.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    return save_figure(fig, plots_dir, "backtest-gpus", series)
 
 
 def _jsonable(x: Any) -> Any:

@@ -342,6 +342,8 @@ def test_replay_report_and_export(made, served, tmp_path):
     assert static["joint_attainment"] == pytest.approx(summary["attainment"]["joint"])
     assert summary["gpu_hours"]["total"] >= 5 * DURATION_S / 3600  # plus the final drain
     assert set(saved["policies"]) == {"static", "dynamo"}
+    drawn = json.loads((out / "plots" / "backtest-gpus.json").read_text())
+    assert drawn["cluster (recorded)"] == [5.0] * h.n_steps and len(drawn["dynamo"]) == h.n_steps
     # the cluster's own TTFT attainment, from its TTFT histogram: off from the requests' by
     # at most the share of requests in the bucket that holds the SLA (interpolated inside it)
     r = made.requests
