@@ -73,3 +73,21 @@ def test_200_runs_dask_local(benchmark, scenario, tmp_path):
         f"ms per task with 2 workers, cluster start included); per task "
         f"{sent / 1024:.1f} KiB sent, {sum(sizes) / len(sizes) / 1024:.0f} KiB of run files back"
     )
+
+
+def _noop(i: int) -> int:
+    return i
+
+
+@pytest.mark.benchmark(group="distributed-overhead")
+@pytest.mark.parametrize("cluster", [None, "local"])
+def test_200_empty_tasks(benchmark, cluster):
+    """The bare cost of a task (no simulation), cluster start and stop included."""
+    from planlab.distributed import run_tasks
+
+    backend = Backend(jobs=2, cluster=cluster)
+
+    def study() -> list[int]:
+        return list(run_tasks(_noop, [(i,) for i in range(200)], backend))
+
+    assert benchmark.pedantic(study, rounds=1, iterations=1) == list(range(200))

@@ -376,15 +376,16 @@ def _dask_completed(tasks: Sequence[Task], backend: Backend) -> Iterator[Done]:
             for i, (task, files) in enumerate(zip(tasks, per_task, strict=True))
         }
         try:
-            for fut in distributed.as_completed(futures):
+            # with_results: the results come in batches, not one round trip per task
+            done = distributed.as_completed(futures, with_results=True, raise_errors=False)
+            for fut, value in done:
                 i = futures[fut]
-                try:
-                    result, produced, back = fut.result()
-                except Exception as exc:  # the task raised, or it was lost too often
-                    yield i, None, exc
+                failed = fut.status == "error"
+                fut.release()
+                if failed:  # the task raised, or its workers were lost too often
+                    yield i, None, value[1]
                     continue
-                finally:
-                    fut.release()
+                result, produced, back = value
                 if tasks[i].out_dir is not None:
                     write_files(tasks[i].out_dir, produced)
                 yield i, _map_back(result, back), None
