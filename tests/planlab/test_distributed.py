@@ -180,6 +180,42 @@ def test_trace_travels_to_a_worker_without_the_file(tmp_path):
     assert row["requests"] == 40  # 40 trace rows in the 2-minute window
 
 
+def test_profile_directory_travels_to_a_worker_without_it(tmp_path):
+    """A scenario whose model is a profile directory, run where that directory does not
+    exist: the worker rebuilds it from the bytes and the run equals one that reads it."""
+    from planlab.distributed import _scenario_files
+    from planlab.profiles import resolve_model, write_profile
+
+    sc = load_scenario(_write(tmp_path / "s.yaml", tiny_yaml(seed=8)))
+    prof_dir = tmp_path / "prof"
+    write_profile(resolve_model(sc.model), prof_dir, {"model": "x"})
+    here = dataclasses.replace(
+        sc, model=dataclasses.replace(sc.model, profile=prof_dir, analytic=None)
+    )
+    elsewhere = Path("/nonexistent-planlab-host/prof")
+    moved = dataclasses.replace(here, model=dataclasses.replace(here.model, profile=elsewhere))
+    files = {}
+    for name, path in _scenario_files(here).items():
+        data = path.read_bytes()
+        files[str(elsewhere / Path(name).relative_to(prof_dir))] = (
+            hashlib.sha256(data).hexdigest(),
+            data,
+        )
+    assert files  # the profile's file(s)
+    cmp._run_one(here, "dynamo", 8, tmp_path / "here" / "r", False)
+    task = Task(cmp._run_one, (moved, "dynamo", 8, tmp_path / "there" / "r", False), 3)
+    row, produced, back = _remote(task, files)
+    for f in ("requests.csv", "timeline.csv", "decisions.jsonl"):
+        assert produced[f] == (tmp_path / "here" / "r" / f).read_bytes()
+    assert str(elsewhere) in produced["scenario.yaml"].decode()  # the user's path, not a copy
+    assert "planlab-dask-files" not in produced["scenario.yaml"].decode()
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
 def test_trace_fetched_once_by_a_worker_that_may_not_read_it(tmp_path, monkeypatch):
     """On a real LocalCluster whose workers are told not to read the user's paths: the
     scattered trace reaches the workers, which write it into their own cache, and the runs
