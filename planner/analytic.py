@@ -19,6 +19,7 @@ model and GPU, which is the model's main limit: other kernels, GPUs and sizes wi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -312,22 +313,7 @@ def analytic_profile(
         "" if kv_dtype == "bf16" else f"/kv-{kv_dtype}"
     )
     mkv = r.max_kv_tokens
-    isl = PREFILL_ISL_GRID.astype(np.float64)
-    ttft_ms = r.prefill_ms(isl)
-    prefill_thpt = isl / (ttft_ms / 1000.0) / tp
-
-    kv_pts, ctx_pts, batches = [], [], []
-    for ctx in DECODE_CONTEXT_GRID:
-        # Integer batches from one sequence up to the KV levels Dynamo's sweep reaches;
-        # a context needs two of them to make a curve.
-        b = np.unique(np.maximum(1.0, np.floor(DECODE_KV_LEVELS * mkv / ctx)))
-        b = np.unique(np.concatenate(([1.0], b)))
-        if b.size < 2 or b[-1] * ctx > mkv:
-            continue
-        kv_pts.append(b * ctx / mkv)
-        ctx_pts.append(np.full(b.size, float(ctx)))
-        batches.append(b)
-    if not kv_pts:
+    if decode_grid(mkv) is None:
         hint = (
             "raise tp or use a larger GPU"
             if dtype == "fp8"
@@ -339,23 +325,68 @@ def analytic_profile(
             f"room for at least 2 sequences of {int(DECODE_CONTEXT_GRID[0])} tokens: {hint}",
             key="model.analytic",
         )
-    kv = np.concatenate(kv_pts)
-    ctx = np.concatenate(ctx_pts)
-    batch = np.concatenate(batches)
-    itl_ms = r.decode_itl_ms(batch, ctx)
-    decode_thpt = batch / (itl_ms / 1000.0) / tp
+    return grid_profile(name, tp, mkv, r.kv_bytes_per_token, r.prefill_ms, r.decode_itl_ms)
+
+
+def decode_grid(
+    max_kv_tokens: int, max_batch: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(kv usage, context, batch) of the decode points on Dynamo's grid shape: integer
+    batches from one sequence up to the KV levels Dynamo's sweep reaches (and at most
+    `max_batch`); a context needs two of them to make a curve. None when no context fits."""
+    kv_pts, ctx_pts, batches = [], [], []
+    for ctx in DECODE_CONTEXT_GRID:
+        b = np.unique(np.maximum(1.0, np.floor(DECODE_KV_LEVELS * max_kv_tokens / ctx)))
+        if max_batch is not None:
+            b = np.unique(np.minimum(b, float(max_batch)))
+        b = np.unique(np.concatenate(([1.0], b)))
+        if b.size < 2 or b[-1] * ctx > max_kv_tokens:
+            continue
+        kv_pts.append(b * ctx / max_kv_tokens)
+        ctx_pts.append(np.full(b.size, float(ctx)))
+        batches.append(b)
+    if not kv_pts:
+        return None
+    return np.concatenate(kv_pts), np.concatenate(ctx_pts), np.concatenate(batches)
+
+
+def grid_profile(
+    name: str,
+    gpus: int,
+    max_kv_tokens: int,
+    kv_bytes_per_token: float | None,
+    prefill_ms: Callable[[np.ndarray], np.ndarray],
+    decode_ms: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    *,
+    max_batch: int | None = None,
+    source: str | None = None,
+) -> PerfProfile:
+    """A PerfProfile on Dynamo's grid shape from an engine's timing functions: prefill TTFT
+    (ms) of one sequence of T tokens, and the time (ms) of one decode step of B sequences
+    at context C; `gpus` per engine turns engine throughput into per-GPU throughput."""
+    grid = decode_grid(max_kv_tokens, max_batch)
+    if grid is None:
+        raise ConfigError(
+            f"room for {max_kv_tokens} KV tokens; expected room for at least 2 sequences of "
+            f"{int(DECODE_CONTEXT_GRID[0])} tokens",
+            key="max_kv_tokens",
+        )
+    kv, ctx, batch = grid
+    isl = PREFILL_ISL_GRID.astype(np.float64)
+    ttft_ms = np.asarray(prefill_ms(isl), dtype=np.float64)
+    itl_ms = np.asarray(decode_ms(batch, ctx), dtype=np.float64)
     return PerfProfile(
         prefill_isl=isl,
         prefill_ttft_ms=ttft_ms,
-        prefill_thpt_per_gpu=prefill_thpt,
+        prefill_thpt_per_gpu=isl / (ttft_ms / 1000.0) / gpus,
         decode_kv_usage=kv,
         decode_context=ctx,
         decode_itl_ms=itl_ms,
-        decode_thpt_per_gpu=decode_thpt,
-        max_kv_tokens=mkv,
-        kv_bytes_per_token=r.kv_bytes_per_token,
+        decode_thpt_per_gpu=batch / (itl_ms / 1000.0) / gpus,
+        max_kv_tokens=int(max_kv_tokens),
+        kv_bytes_per_token=kv_bytes_per_token,
         name=name,
-        source=name,
+        source=source or name,
     )
 
 
