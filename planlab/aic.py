@@ -379,3 +379,50 @@ def planlab_model_name(aic_model: str) -> str | None:
         if hf == aic_model and name in MODELS:
             return name
     return None
+
+
+# The analytic-vs-AIConfigurator grid: prefill TTFT at these ISLs, decode ITL at these
+# (batch, context) points (points beyond either model's KV capacity are left out).
+GRID_ISLS = (128, 512, 1000, 2000, 4000, 8000, 16000)
+GRID_DECODE = ((1, 1000), (8, 1000), (32, 1000), (128, 1000), (256, 1000),
+               (1, 4000), (32, 4000), (128, 4000), (1, 8000), (64, 8000))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class GridErrors:
+    """Relative error analytic / reference - 1 at each grid point (NaN where left out)."""
+
+    prefill: np.ndarray
+    decode: np.ndarray
+
+
+def analytic_vs_aic(
+    model: str,
+    gpu: str,
+    dtype: str,
+    tp: int,
+    overhead: ServingOverhead,
+    *,
+    backend: str = "vllm",
+    ep: int = 1,
+    aic_quant: str | None = "same",
+) -> GridErrors:
+    """Errors of planlab's analytic model against AIConfigurator + `overhead` (the serving
+    overhead, fitted once on a measured profile) for one engine both cover; AIConfigurator
+    runs with the analytic dtype unless `aic_quant` says otherwise (None: the checkpoint's
+    own, e.g. gpt-oss's MXFP4 experts)."""
+    from planner.analytic import roofline
+
+    r = roofline(model, gpu, dtype, tp, ep=ep)
+    quant = dtype if aic_quant == "same" else aic_quant
+    eng = AicEngine(resolve(model, gpu, backend, tp, ep=ep, quant=quant))
+    isl = np.array(GRID_ISLS, dtype=np.float64)
+    pre = np.asarray(r.prefill_ms(isl)) / overhead.prefill(eng.prefill_ms(isl)) - 1
+    cap = min(r.max_kv_tokens, eng.max_kv_tokens)
+    dec = np.full(len(GRID_DECODE), np.nan)
+    for i, (b, c) in enumerate(GRID_DECODE):
+        if b * c <= cap:
+            dec[i] = (
+                float(r.decode_itl_ms(b, c)) / float(overhead.decode(eng.decode_ms(b, c))[0]) - 1
+            )
+    return GridErrors(pre, dec)

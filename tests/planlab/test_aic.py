@@ -59,7 +59,10 @@ def test_written_profile_loads_and_holds_aics_predictions(tmp_path, llama8b_h200
     np.testing.assert_allclose(prof.prefill_ttft_ms_at(sampled), expect, rtol=1e-9)
     # decode: sampled points equal AIConfigurator's step latency at that batch and context
     idx, batch, ctx = _sampled_decode_points(prof)
-    expect = [eng._handle.decode_step_latency(int(b), int(c) - 2, 2) for b, c in zip(batch, ctx)]
+    expect = [
+        eng._handle.decode_step_latency(int(b), int(c) - 2, 2)
+        for b, c in zip(batch, ctx, strict=True)
+    ]
     np.testing.assert_allclose(prof.decode_itl_ms[idx], expect, rtol=1e-9)
     np.testing.assert_allclose(
         prof.decode_thpt_per_gpu[idx], batch / (np.array(expect) / 1000.0), rtol=1e-9
