@@ -102,7 +102,7 @@ def test_expert_parallelism_changes_communication_only():
     ep = roofline("qwen3-235b-a22b", "h200", "fp8", 8, ep=8)
     assert ep.weight_bytes == tp.weight_bytes and ep.max_kv_tokens == tp.max_kv_tokens
     # one token: the all-to-all's latency replaces the all-reduce's; hand-computed
-    m, e = MODELS["qwen3-235b-a22b"], tp.eff
+    e = tp.eff
     link, lat, nbytes = 450e9, e.allreduce_latency_us * 1e-6, 4096 * 2
     ring = 2 * 7 / 8 * nbytes / link
     a2a = 8 * nbytes / 8 * 7 / 8 / link
