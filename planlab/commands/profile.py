@@ -130,12 +130,20 @@ def _analytic_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="fp8", help="weight dtype fp8|bf16 (default fp8)")
     p.add_argument("--kv-dtype", default="bf16", help="KV cache dtype fp8|bf16 (default bf16)")
     p.add_argument("--tp", type=int, default=1, help="tensor parallel degree (default 1)")
+    p.add_argument(
+        "--ep",
+        type=int,
+        default=1,
+        help="expert parallel degree of MoE layers, a divisor of --tp (default 1)",
+    )
 
 
 def _analytic(args: argparse.Namespace):
     from planner.analytic import analytic_profile
 
-    return analytic_profile(args.analytic, args.gpu, args.dtype, args.tp, kv_dtype=args.kv_dtype)
+    return analytic_profile(
+        args.analytic, args.gpu, args.dtype, args.tp, kv_dtype=args.kv_dtype, ep=args.ep
+    )
 
 
 def run_show(args: argparse.Namespace) -> int:
@@ -228,19 +236,20 @@ def run_list(args: argparse.Namespace) -> int:
 
     print("models (Hugging Face config.json):")
     print(
-        f"  {'name':<15} {'params':>7} {'layers':>6} {'hidden':>6} {'heads':>5} {'kv':>3}  source"
+        f"  {'name':<15} {'params':>8} {'active':>7} {'layers':>6} {'hidden':>6} {'heads':>5} "
+        f"{'kv':>3}  source"
     )
     for m in MODELS.values():
         print(
-            f"  {m.name:<15} {m.params / 1e9:>6.2f}B {m.layers:>6} {m.hidden:>6} {m.heads:>5} "
-            f"{m.kv_heads:>3}  {m.hf_id}"
+            f"  {m.name:<15} {m.params / 1e9:>7.2f}B {m.active_params / 1e9:>6.2f}B {m.layers:>6} "
+            f"{m.hidden:>6} {m.heads:>5} {'MLA' if m.is_mla else m.kv_heads:>3}  {m.hf_id}"
         )
     print("GPUs (dense tensor-core peaks):")
     print(f"  {'name':<10} {'bf16 TF':>8} {'fp8 TF':>7} {'HBM GB/s':>9} {'HBM GiB':>8}")
     for g in GPUS.values():
         fp8 = f"{g.fp8_tflops:.0f}" if g.fp8_tflops else "-"
         print(f"  {g.name:<10} {g.bf16_tflops:>8.0f} {fp8:>7} {g.hbm_gbps:>9.0f} {g.hbm_gib:>8.1f}")
-    print("dtype: fp8 | bf16 (weights); --kv-dtype fp8 | bf16; --tp N")
+    print("dtype: fp8 | bf16 (weights); --kv-dtype fp8 | bf16; --tp N; --ep N (MoE)")
     return 0
 
 
