@@ -52,7 +52,8 @@ def test_qwen3_30b_by_hand():
     flops = b * 2 * (m.active_layer_params + m.embedding_params) + b * 4 * 48 * 32 * 128 * c
     e = r.eff
     mem = (r.decode_weight_bytes_at(b) + b * c * r.kv_bytes_per_token) / (e.decode_memory * 4800e9)
-    expect_ms = e.decode_overhead_ms + 1000 * (mem + flops / (e.decode_compute * 989e12))
+    overhead_ms = e.decode_overhead_ms + 48 * e.layer_overhead_us / 1000  # 48 layers
+    expect_ms = overhead_ms + 1000 * (mem + flops / (e.decode_compute * 989e12))
     assert r.decode_itl_ms(b, c) == pytest.approx(expect_ms)
 
 
