@@ -4,26 +4,27 @@ profile; bad names and a missing extra are exit 2 with the flag or the install l
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import sys
 
 import numpy as np
 import pytest
 
-from planlab.cli import main
-from planlab.profiles import load_profile
-from planner.errors import ConfigError
-
-aic = pytest.importorskip(
-    "aiconfigurator_core", reason="aiconfigurator-core not installed (pip install 'planlab[aic]')"
-)
-
-from planlab.aic import (  # noqa: E402
+from planlab.aic import (
     AicEngine,
     aic_profile,
     calibrate_overhead,
     engine_sequences,
     resolve,
+)
+from planlab.cli import main
+from planlab.profiles import load_profile
+from planner.errors import ConfigError
+
+HAVE_AIC = importlib.util.find_spec("aiconfigurator_core") is not None
+needs_aic = pytest.mark.skipif(
+    not HAVE_AIC, reason="aiconfigurator-core not installed (pip install 'planlab[aic]')"
 )
 
 
@@ -38,6 +39,7 @@ def _sampled_decode_points(prof, every: int = 5):
     return idx, batch[idx], prof.decode_context[idx]
 
 
+@needs_aic
 def test_written_profile_loads_and_holds_aics_predictions(tmp_path, llama8b_h200, capsys):
     out = tmp_path / "p"
     args = "profile aic --model llama-3.1-8b --system h200_sxm --backend vllm --tp 1 --quant fp8"
@@ -78,6 +80,7 @@ def test_written_profile_loads_and_holds_aics_predictions(tmp_path, llama8b_h200
     )
 
 
+@needs_aic
 @pytest.mark.parametrize(
     "model, tp, ep, kv_bytes",
     [
@@ -102,6 +105,7 @@ def test_moe_profiles_from_aic(model, tp, ep, kv_bytes):
     )
 
 
+@needs_aic
 def test_serving_overhead_fitted_on_the_measured_h200_profile(h200_profile_dir, llama8b_h200):
     measured = load_profile(h200_profile_dir)
     ov = calibrate_overhead(measured, llama8b_h200)
@@ -126,6 +130,7 @@ def test_serving_overhead_fitted_on_the_measured_h200_profile(h200_profile_dir, 
     assert np.median(np.abs(err)) < 0.10, err
 
 
+@needs_aic
 def test_calibrate_from_the_cli(tmp_path, h200_profile_dir, capsys):
     args = [
         *"profile aic --model llama-3.1-70b --system h200_sxm --tp 4 --quant fp8".split(),
@@ -141,6 +146,7 @@ def test_calibrate_from_the_cli(tmp_path, h200_profile_dir, capsys):
     assert prof.prefill_ttft_ms_at(1000.0) > raw.prefill_ttft_ms_at(1000.0) + 5.0
 
 
+@needs_aic
 @pytest.mark.parametrize(
     "extra, flag",
     [
@@ -162,6 +168,7 @@ def test_bad_input_is_exit_2_naming_the_flag(extra, flag, tmp_path, capsys):
     assert not out.exists()  # nothing half-written
 
 
+@needs_aic
 def test_unknown_model_lists_the_known_ones():
     with pytest.raises(ConfigError) as e:
         resolve("llama-9", "h200_sxm")
