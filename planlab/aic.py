@@ -4,8 +4,8 @@
 AIConfigurator composes measured kernel timings (GEMM, attention, MoE, communication) per
 GPU, backend and version into engine step times. `aic_profile` samples it on Dynamo's
 profiler grid (planner.analytic.grid_profile, the analytic default's grid) and
-`write_aic_profile` stores the result as a Dynamo profiler results directory plus
-planlab's own file, which every planlab command loads. AIConfigurator times the engine
+`write_aic_profile` stores the result in Dynamo's profiler layout plus planlab's own file,
+which every planlab command loads. AIConfigurator times the engine
 only; `calibrate_overhead` fits the serving overhead it leaves out (HTTP, scheduling,
 sampling) against a measured profile, and `ServingOverhead.apply` adds it.
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -340,37 +339,16 @@ def aic_profile(
 
 
 def write_aic_profile(profile: PerfProfile, out_dir: str | os.PathLike, metadata: dict) -> Path:
-    """Write `profile` as a Dynamo profiler results directory
-    (selected_{prefill,decode}_interpolation/raw_data.npz, what Dynamo's planner reads) and
-    as planlab-profile.json (which planlab reads first: it also carries the KV bytes per
-    token and where the numbers came from). Each file is written to a temporary name and
-    renamed into place, the planlab file last."""
-    from planlab.profiles import write_profile
+    """Write `profile` in Dynamo's flat profiler layout (prefill_raw_data.npz,
+    decode_raw_data.npz: what Dynamo's planner reads; planlab.profiles.write_dynamo_profile,
+    atomic, into a new or empty directory) and then planlab-profile.json beside it, which
+    planlab reads first: it also carries the KV bytes per token and where the numbers came
+    from. Returns the directory."""
+    from planlab.profiles import write_dynamo_profile, write_profile
 
-    out = Path(out_dir)
-    arrays = profile.to_arrays()
-    parts = {
-        "selected_prefill_interpolation": ("prefill_isl", "prefill_ttft", "prefill_thpt_per_gpu"),
-        "selected_decode_interpolation": (
-            "x_kv_usage",
-            "y_context_length",
-            "z_itl",
-            "z_thpt_per_gpu",
-            "max_kv_tokens",
-        ),
-    }
-    for sub, keys in parts.items():
-        d = out / sub
-        d.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".raw_data-", suffix=".npz", dir=d)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **{k: arrays[k] for k in keys})
-            os.replace(tmp, d / "raw_data.npz")
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    return write_profile(profile, out, metadata=metadata)
+    out = write_dynamo_profile(profile, out_dir)
+    write_profile(profile, out, metadata=metadata)
+    return out
 
 
 def planlab_model_name(aic_model: str) -> str | None:

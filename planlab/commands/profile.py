@@ -76,8 +76,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "aic",
         help="generate a profile from NVIDIA AIConfigurator (extra planlab[aic])",
         description="Sample AIConfigurator's engine model (aiconfigurator-core: measured kernel "
-        "data per GPU and backend) on Dynamo's profiler grid and write OUT as a Dynamo "
-        "profiler results directory plus planlab-profile.json. AIConfigurator times the "
+        "data per GPU and backend) on Dynamo's profiler grid and write OUT (a new or empty "
+        "directory) in Dynamo's profiler layout plus planlab-profile.json. AIConfigurator times the "
         "engine only; --calibrate fits the serving overhead it leaves out on a measured "
         "profile and adds it.",
         epilog=EXAMPLES,
@@ -122,6 +122,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         )
     aic.add_argument("--out", required=True, metavar="DIR", help="output directory")
     aic.set_defaults(func=run_aic)
+
+    from planlab.commands.profile_measure import add_measure
+
+    add_measure(ps)
 
 
 def _analytic_args(p: argparse.ArgumentParser) -> None:
@@ -171,7 +175,9 @@ def run_write(args: argparse.Namespace) -> int:
 def run_aic(args: argparse.Namespace) -> int:
     from planlab.aic import AicEngine, aic_profile, calibrate_overhead, resolve, write_aic_profile
     from planlab.profiles import load_profile
+    from planlab.results import check_out_dir
 
+    check_out_dir(args.out, force=False, markers=(), what="profile")
     spec = resolve(
         args.model,
         args.system,
@@ -219,7 +225,7 @@ def run_aic(args: argparse.Namespace) -> int:
     )
     target = write_aic_profile(prof, args.out, meta)
     print(
-        f"wrote {target.parent} ({prof.name}, max_kv_tokens {prof.max_kv_tokens:,}, "
+        f"wrote {target} ({prof.name}, max_kv_tokens {prof.max_kv_tokens:,}, "
         f"KV bytes/token {prof.kv_bytes_per_token:,.0f})"
     )
     if overhead:

@@ -169,6 +169,17 @@ def test_bad_input_is_exit_2_naming_the_flag(extra, flag, tmp_path, capsys):
 
 
 @needs_aic
+def test_an_existing_folder_of_the_users_is_refused(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    args = "profile aic --model llama-3.1-8b --system h200_sxm --out".split()
+    assert main([*args, str(out)]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+@needs_aic
 def test_unknown_model_lists_the_known_ones():
     with pytest.raises(ConfigError) as e:
         resolve("llama-9", "h200_sxm")
