@@ -134,3 +134,43 @@ def test_new_gpus_from_public_specs():
     }
     assert kv["b200"] < kv["gb200"] < kv["b300"]
     assert analytic_profile("deepseek-v3", "mi300x", "fp8", 8).max_kv_tokens > 0
+
+
+def _scenario(tmp_path, analytic: str):
+    from scenario import load_scenario
+
+    text = f"""name: moe
+duration: 10m
+model:
+  analytic: {analytic}
+cluster:
+  prefill: {{replicas: 1, gpus_per_replica: 8, startup: 60s}}
+  decode: {{replicas: 1, gpus_per_replica: 8, startup: 60s}}
+workload:
+  arrival: {{process: poisson, rate: 1.0}}
+  isl: {{dist: fixed, value: 1000}}
+  osl: {{dist: fixed, value: 100}}
+sla: {{ttft_ms: 500, itl_ms: 50}}
+planner: {{policy: static}}
+"""
+    path = tmp_path / "moe.yaml"
+    path.write_text(text)
+    return load_scenario(path)
+
+
+def test_ep_is_a_scenario_key(tmp_path):
+    from planlab.profiles import resolve_model
+    from scenario import scenario_to_dict
+
+    s = _scenario(tmp_path, "{model: qwen3-235b-a22b, gpu: b200, dtype: fp8, tp: 8, ep: 8}")
+    assert s.model.analytic.ep == 8
+    assert scenario_to_dict(s)["model"]["analytic"]["ep"] == 8
+    prof = resolve_model(s.model)
+    assert prof.name == "analytic:qwen3-235b-a22b/b200/fp8/tp8/ep8"
+    # without ep the dump stays as before (no ep key)
+    dense = _scenario(tmp_path, "{model: llama-3.1-8b, gpu: h200}")
+    assert "ep" not in scenario_to_dict(dense)["model"]["analytic"]
+    bad = _scenario(tmp_path, "{model: qwen3-235b-a22b, gpu: b200, tp: 8, ep: 3}")
+    with pytest.raises(ConfigError) as err:
+        resolve_model(bad.model)
+    assert err.value.key == "model.analytic.ep"
