@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from planner.analytic import MODELS, grid_profile
+from planner.analytic import grid_profile
 from planner.errors import ConfigError
 from planner.profile import PerfProfile
 
@@ -349,14 +349,6 @@ def write_aic_profile(profile: PerfProfile, out_dir: str | os.PathLike, metadata
     out = write_dynamo_profile(profile, out_dir)
     write_profile(profile, out, metadata=metadata)
     return out
-
-
-def planlab_model_name(aic_model: str) -> str | None:
-    """The planlab analytic model name of an AIConfigurator id, when there is one."""
-    for name, hf in AIC_MODEL_IDS.items():
-        if hf == aic_model and name in MODELS:
-            return name
-    return None
 
 
 # The analytic-vs-AIConfigurator grid: prefill TTFT at these ISLs, decode ITL at these

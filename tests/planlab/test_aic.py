@@ -78,6 +78,10 @@ def test_written_profile_loads_and_holds_aics_predictions(tmp_path, llama8b_h200
     assert prof.max_kv_tokens == pytest.approx(
         roofline("llama-3.1-8b", "h200").max_kv_tokens, rel=0.02
     )
+    # and so do the weights: 6.98B decoder parameters at 1 byte + embeddings, lm_head at 2
+    assert eng.weight_bytes == pytest.approx(
+        roofline("llama-3.1-8b", "h200").weight_bytes, rel=0.01
+    )
 
 
 @needs_aic
