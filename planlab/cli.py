@@ -24,6 +24,7 @@ COMMANDS = (
     "planner",
     "profile",
     "baseline",
+    "fidelity",
     "backtest",
 )
 
