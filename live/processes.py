@@ -154,6 +154,16 @@ class Worker:
         return "ready" if self.ready_at is not None else "starting"
 
 
+def _tail(w: Worker, n_chars: int = 400) -> str:
+    """The end of a worker's log, for the message that says it died."""
+    if w.log_path is None or not w.log_path.exists():
+        return ""
+    with open(w.log_path, "rb") as f:
+        f.seek(max(0, w.log_path.stat().st_size - n_chars))
+        text = f.read().decode("utf-8", "replace").strip()
+    return f"; its log ends: {text}" if text else ""
+
+
 def _sigterm(worker: Worker) -> None:
     _signal_group(worker.pid, signal.SIGTERM)
 
@@ -229,6 +239,10 @@ class ProcessConnector:
         self._thread: threading.Thread | None = None
         self._stuck_logged: set[int] = set()
         self._spawned = 0
+        # Consecutive workers of a role that died before serving, and when to try again:
+        # a worker that cannot start is restarted with a growing pause, not in a tight loop.
+        self._failures = {r: 0 for r in ROLES}
+        self._retry_at = {r: 0.0 for r in ROLES}
         self.events: list[WorkerEvent] = []
 
     # -- the Connector port --------------------------------------------------------------
@@ -392,8 +406,11 @@ class ProcessConnector:
             gone.append(w)
             if w.phase == "draining":
                 self._event(w, "stopped", f"drained, exit {code}")
-            else:
-                self._event(w, "lost", f"exited with {code} while {w.phase}; replacing it")
+                continue
+            if w.phase == "starting":
+                n = self._failures[role] = self._failures[role] + 1
+                self._retry_at[role] = now + min(30.0, 0.5 * 2 ** (n - 1))
+            self._event(w, "lost", f"exited with {code} while {w.phase}; replacing it{_tail(w)}")
         for w in workers:
             if w in gone:
                 continue
@@ -403,6 +420,7 @@ class ProcessConnector:
                         w.ready_at = time.monotonic()
                         took = w.ready_at - w.requested_at
                         self._startup_s[role].append(took)
+                        self._failures[role] = 0
                     self._event(w, "ready", f"after {took:.1f} s")
                 elif (
                     now - w.requested_at > cfg.startup_timeout_s and w.pid not in self._stuck_logged
@@ -419,7 +437,7 @@ class ProcessConnector:
             order = sorted(active, key=lambda w: (w.phase == "ready", -w.requested_at))
             for w in order[: len(active) - desired]:
                 self._begin_drain(cfg, w)
-        elif len(active) < desired:
+        elif len(active) < desired and now >= self._retry_at[role]:
             for _ in range(desired - len(active)):
                 if not self._start_one(role, cfg):
                     break

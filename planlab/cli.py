@@ -23,6 +23,7 @@ COMMANDS = (
     "planner",
     "profile",
     "baseline",
+    "stack",
 )
 
 EPILOG = """examples:

@@ -43,6 +43,11 @@ def add_live_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --live: start the local emulated cluster and a real Prometheus",
     )
+    g.add_argument(
+        "--stack",
+        metavar="NAME",
+        help="with --live: start a real serving stack on this machine (dynamo) and scale it",
+    )
     g.add_argument("--frontend", metavar="URL", help="OpenAI-compatible frontend base URL")
     g.add_argument("--prometheus", metavar="URL", help="Prometheus base URL")
     g.add_argument("--model", help="model name sent in requests and matched in metrics")
@@ -87,6 +92,7 @@ class LiveTarget:
     model: str | None
     metric_names: str = "dynamo"
     emulated: bool = False
+    stack: str | None = None
 
 
 @dataclass(frozen=True)
@@ -209,6 +215,7 @@ async def run_live_scenario(
         scenario_name=scenario.name,
         extra={
             "mode": "live-emulated" if target.emulated else "live",
+            "stack": target.stack,
             "seed": scenario.seed,
             "frontend": target.frontend_url,
             "prometheus": target.prometheus_url,
@@ -256,7 +263,33 @@ def _connector_from_args(args: argparse.Namespace, scenario: Scenario):
     return conn, args.advisory
 
 
+async def _stack_main(args, scenario: Scenario, profile, requests) -> LiveOutcome:
+    """`--stack NAME`: start live.stacks.NAME in a temporary directory, run, stop it."""
+    import tempfile
+
+    from live.stacks import load_stack
+
+    stack = load_stack(args.stack)
+    with (
+        tempfile.TemporaryDirectory(prefix=f"planlab-{args.stack}-") as workdir,
+        stack.start_stack(scenario, Path(workdir), profile=profile) as h,
+    ):
+        target = LiveTarget(
+            frontend_url=h.frontend_url,
+            prometheus_url=h.prometheus_url,
+            connector=h.connector,
+            model=h.model,
+            metric_names=getattr(h, "metric_names", "dynamo"),
+            stack=args.stack,
+        )
+        return await run_live_scenario(
+            scenario, target, profile=profile, requests=requests, advisory=args.advisory
+        )
+
+
 async def _live_main(args, scenario: Scenario, profile, requests) -> LiveOutcome:
+    if getattr(args, "stack", None):
+        return await _stack_main(args, scenario, profile, requests)
     if args.emulate:
         from live.emulator.launch import start_emulated_cluster
 
@@ -285,6 +318,23 @@ async def _live_main(args, scenario: Scenario, profile, requests) -> LiveOutcome
 
 
 def check_live_args(args: argparse.Namespace) -> None:
+    if getattr(args, "stack", None):
+        clash = [
+            f
+            for f in ("emulate", "frontend", "prometheus", "kube_namespace", "dgd")
+            if getattr(args, f)
+        ]
+        if clash:
+            raise ConfigError(
+                f"--stack starts its own frontend and workers; drop --{clash[0].replace('_', '-')}",
+                key="--stack",
+            )
+        from live.stacks import load_stack
+
+        check = getattr(load_stack(args.stack), "check_installed", None)
+        if check is not None:
+            check()
+        return
     if args.emulate:
         clash = [f for f in ("frontend", "prometheus", "kube_namespace", "dgd") if getattr(args, f)]
         if clash:
@@ -296,7 +346,8 @@ def check_live_args(args: argparse.Namespace) -> None:
     missing = [f"--{f}" for f in ("frontend", "prometheus") if not getattr(args, f)]
     if missing:
         raise ConfigError(
-            f"--live needs {' and '.join(missing)} (or --emulate for a local emulated cluster)",
+            f"--live needs {' and '.join(missing)} (or --emulate for a local emulated cluster, "
+            "or --stack dynamo)",
             key="--live",
         )
 
