@@ -144,6 +144,9 @@ def test_a_worker_that_never_becomes_ready_is_reported_stuck(worker_script):
         assert st.decode.stuck == 0  # not yet past its timeout
         st = c.wait_until(lambda s: s.decode.stuck == 1, 10)
         assert (st.decode.ready, st.decode.starting, st.decode.desired) == (0, 1, 1)
+        # The supervisor logs it once (on its next pass), however long it stays stuck.
+        c.wait_until(lambda s: any(e.kind == "stuck" for e in c.events), 5)
+        time.sleep(1.0)
         assert [e.kind for e in c.events if e.kind == "stuck"] == ["stuck"]
         pids = c.pids()
     assert pids and not any(pid_alive(p) for p in pids)
