@@ -244,6 +244,7 @@ class ProcessConnector:
         self._failures = {r: 0 for r in ROLES}
         self._retry_at = {r: 0.0 for r in ROLES}
         self.events: list[WorkerEvent] = []
+        self._history: list[Worker] = []  # every worker ever started, for diagnostics
 
     # -- the Connector port --------------------------------------------------------------
 
@@ -296,6 +297,11 @@ class ProcessConnector:
             if role is not None:
                 return list(self._workers[role])
             return [w for r in ROLES for w in self._workers[r]]
+
+    def all_workers(self) -> list[Worker]:
+        """Every worker this connector has started, gone ones included, oldest first."""
+        with self._lock:
+            return list(self._history)
 
     def pids(self) -> set[int]:
         """Every PID this connector started and has not reaped yet."""
@@ -468,6 +474,7 @@ class ProcessConnector:
         w = Worker(role, slot, proc, log_path, requested_at=time.monotonic())
         with self._lock:
             self._workers[role].append(w)
+            self._history.append(w)
         self._event(w, "started", " ".join(spec.argv[:4]))
         return True
 

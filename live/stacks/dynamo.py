@@ -248,6 +248,7 @@ class DynamoStack:
     workdir: Path
     frontend_pid: int
     system_ports: dict[str, list[int]]
+    prometheus_pid: int | None = None
     metric_names: str = "dynamo"
     _stack: contextlib.ExitStack | None = None
 
@@ -472,15 +473,16 @@ def start_stack(
         t0 = time.monotonic()
         connector.wait_ready(wait_s)
         _wait_frontend(url, model, frontend, max(5.0, wait_s - (time.monotonic() - t0)))
-        prom_url = None
+        prom_url = prom_pid = None
         if prometheus:
             targets = [f"{_LOOPBACK}:{port}"] + [
                 f"{_LOOPBACK}:{p}" for r in ("prefill", "decode") for p in system_ports[r]
             ]
             interval = scrape_interval_s or scenario.prometheus.scrape_interval_s
             prom = PrometheusServer(targets, scrape_interval_s=interval, port=prometheus_port)
-            prom_url = prom.start()
             stack.callback(prom.stop)
+            prom_url = prom.start()
+            prom_pid = prom._proc.pid if prom._proc is not None else None
         handle = DynamoStack(
             frontend_url=url,
             prometheus_url=prom_url,
@@ -489,6 +491,7 @@ def start_stack(
             workdir=workdir,
             frontend_pid=frontend.pid,
             system_ports=system_ports,
+            prometheus_pid=prom_pid,
         )
         log.info(
             "dynamo stack up in %.1f s: %d prefill, %d decode mocker workers; logs in %s",
