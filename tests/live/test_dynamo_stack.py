@@ -13,7 +13,6 @@ import shutil
 import time
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import pandas as pd
 import pytest
