@@ -56,7 +56,11 @@ def spawn(
     cwd: str | Path | None = None,
 ) -> subprocess.Popen:
     """Start one process in its own session, output to log_path (else discarded), with the
-    environment of this process updated by `env`. The caller owns it: stop_process()."""
+    environment of this process updated by `env`. The caller owns it: stop_process().
+
+    The parent-death signal fires when the *thread* that called spawn() ends, so call it
+    from a thread that lives as long as the process should (the main thread, or the
+    connector's supervisor), not from a short-lived pool thread."""
     full_env = dict(os.environ)
     full_env.update(env or {})
     out: IO[bytes] | int = subprocess.DEVNULL

@@ -264,27 +264,33 @@ def _connector_from_args(args: argparse.Namespace, scenario: Scenario):
 
 
 async def _stack_main(args, scenario: Scenario, profile, requests) -> LiveOutcome:
-    """`--stack NAME`: start live.stacks.NAME in a temporary directory, run, stop it."""
+    """`--stack NAME`: start live.stacks.NAME in a temporary directory, run, stop it. The
+    directory (the stack's logs) is removed after a run that ended, kept after a failure."""
+    import shutil
     import tempfile
 
     from live.stacks import load_stack
 
     stack = load_stack(args.stack)
-    with (
-        tempfile.TemporaryDirectory(prefix=f"planlab-{args.stack}-") as workdir,
-        stack.start_stack(scenario, Path(workdir), profile=profile) as h,
-    ):
-        target = LiveTarget(
-            frontend_url=h.frontend_url,
-            prometheus_url=h.prometheus_url,
-            connector=h.connector,
-            model=h.model,
-            metric_names=getattr(h, "metric_names", "dynamo"),
-            stack=args.stack,
-        )
-        return await run_live_scenario(
-            scenario, target, profile=profile, requests=requests, advisory=args.advisory
-        )
+    workdir = Path(tempfile.mkdtemp(prefix=f"planlab-{args.stack}-"))
+    try:
+        with stack.start_stack(scenario, workdir, profile=profile) as h:
+            target = LiveTarget(
+                frontend_url=h.frontend_url,
+                prometheus_url=h.prometheus_url,
+                connector=h.connector,
+                model=h.model,
+                metric_names=getattr(h, "metric_names", "dynamo"),
+                stack=args.stack,
+            )
+            outcome = await run_live_scenario(
+                scenario, target, profile=profile, requests=requests, advisory=args.advisory
+            )
+    except BaseException:
+        log.warning("the %s stack's logs are kept in %s", args.stack, workdir)
+        raise
+    shutil.rmtree(workdir, ignore_errors=True)
+    return outcome
 
 
 async def _live_main(args, scenario: Scenario, profile, requests) -> LiveOutcome:

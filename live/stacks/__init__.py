@@ -16,6 +16,11 @@ from planner.errors import ConfigError
 STACKS = ("dynamo", "vllm")
 
 
+class StackError(RuntimeError):
+    """A stack did not come up (a process exited, a timeout passed); the message says
+    which, and where its logs are."""
+
+
 def load_stack(name: str) -> ModuleType:
     """The module live.stacks.<name>; ConfigError naming the known stacks otherwise."""
     if name not in STACKS:

@@ -49,6 +49,7 @@ from live.processes import (
     spawn,
     stop_process,
 )
+from live.stacks import StackError
 from planner.errors import ConfigError
 from scenario import Scenario
 
@@ -471,8 +472,11 @@ def start_stack(
         log.info("dynamo frontend pid %d on %s", frontend.pid, url)
         connector = stack.enter_context(ProcessConnector(roles, initial=initial, log_dir=logs))
         t0 = time.monotonic()
-        connector.wait_ready(wait_s)
-        _wait_frontend(url, model, frontend, max(5.0, wait_s - (time.monotonic() - t0)))
+        try:
+            connector.wait_ready(wait_s)
+            _wait_frontend(url, model, frontend, max(5.0, wait_s - (time.monotonic() - t0)))
+        except (TimeoutError, RuntimeError) as exc:
+            raise StackError(f"the Dynamo stack did not come up: {exc}; logs in {logs}") from exc
         prom_url = prom_pid = None
         if prometheus:
             targets = [f"{_LOOPBACK}:{port}"] + [

@@ -7,6 +7,7 @@ own function from `main`, so both share the argument parsing and the printed tab
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +73,14 @@ def main(args: argparse.Namespace) -> int:
         flag = "--" + live_only[0].replace("_", "-")
         raise ConfigError("only applies to a live run; add --live", key=flag)
     if getattr(args, "live", False):
+        from live.stacks import StackError
         from planlab.live_run import run_live  # the live driver's path
 
-        outcome = run_live(args, overrides_from(args))
+        try:
+            outcome = run_live(args, overrides_from(args))
+        except StackError as exc:  # a stack that did not come up: its logs are named
+            print(f"planlab: error: {exc}", file=sys.stderr)
+            return 1
         if not args.no_report:
             _report(outcome.out_dir)
         print_summary(outcome.summary, outcome.out_dir)

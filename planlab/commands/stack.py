@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 import threading
 
 from planner.errors import ConfigError
@@ -68,11 +69,12 @@ def _scenario(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    import shutil
     import tempfile
     from contextlib import ExitStack
     from pathlib import Path
 
-    from live.stacks import load_stack
+    from live.stacks import StackError, load_stack
     from planlab.profiles import resolve_model
 
     for key in ("port", "prometheus_port"):
@@ -91,14 +93,16 @@ def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     with ExitStack() as es:
-        if args.workdir:
-            workdir = Path(args.workdir)
-        else:
-            workdir = Path(es.enter_context(tempfile.TemporaryDirectory(prefix="planlab-stack-")))
+        # A temporary work directory goes after a clean stop, stays after a failure (logs).
+        workdir = Path(args.workdir or tempfile.mkdtemp(prefix="planlab-stack-"))
         options = {"profile": profile, "prometheus_port": args.prometheus_port}
         if args.port:
             options["frontend_port"] = args.port
-        h = es.enter_context(stack.start_stack(scenario, workdir, **options))
+        try:
+            h = es.enter_context(stack.start_stack(scenario, workdir, **options))
+        except StackError as exc:
+            print(f"planlab: error: {exc}", file=sys.stderr)
+            return 1
         state = h.connector.state()
         print(f"frontend    {h.frontend_url}/v1   (model {h.model!r})")
         print(f"prometheus  {h.prometheus_url or '(not started)'}")
@@ -108,5 +112,7 @@ def run(args: argparse.Namespace) -> int:
         )
         while not stop.wait(1.0):
             pass
+    if not args.workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
     print("stopped")
     return 0

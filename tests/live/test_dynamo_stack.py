@@ -208,3 +208,35 @@ def test_nothing_left_running(step_run):
     pids = step_run["pids"]
     assert None not in pids and len(pids) == 2 + 3  # frontend, Prometheus, 3 workers
     assert not [p for p in pids if pid_alive(p)]
+
+
+@pytest.mark.live
+@pytest.mark.timeout(120)
+def test_a_stack_that_does_not_come_up_is_stopped_and_named(tmp_path):
+    """Workers that are not ready within the timeout: StackError naming the logs, and
+    every process started so far is gone."""
+    import live.processes as processes
+    from live.stacks import StackError
+    from scenario import load_scenario
+
+    path = tmp_path / "slow.yaml"
+    path.write_text(SCENARIO.replace(f"startup: {STARTUP_S:g}s", "startup: 60s"))
+    started: list[int] = []
+    real_spawn = processes.spawn
+
+    def spy(*a, **kw):
+        proc = real_spawn(*a, **kw)
+        started.append(proc.pid)
+        return proc
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(dynamo, "spawn", spy)  # the frontend
+    mp.setattr(processes, "spawn", spy)  # the workers
+    try:
+        with pytest.raises(StackError, match=r"did not come up.*logs in .*logs"):
+            with dynamo.start_stack(load_scenario(path), tmp_path / "wd", ready_timeout_s=4):
+                pass
+    finally:
+        mp.undo()
+    assert len(started) == 3  # the frontend, one prefill and one decode worker
+    assert not [p for p in started if pid_alive(p)]
