@@ -163,9 +163,12 @@ def test_planner_adds_a_prefill_worker_then_drains_it(step_run):
     recs = step_run["records"]
     target = {round(r["t_s"] / INTERVAL_S): r["target"]["prefill"] for r in recs}
     assert all(r["applied"] for r in recs)
-    assert [target[k] for k in (1, 2, 3)] == [1, 1, 1]  # 8 req/s
-    assert [target[k] for k in (4, 5, 6, 7)] == [2, 2, 2, 2]  # 26 req/s
-    assert [target[k] for k in (8, 9)] == [1, 1]  # 3 req/s
+    # Ticks every 10 s (a late one may be skipped under load): the windows of 8, 26 and
+    # 3 req/s ask for 1, 2 and 1 prefill workers.
+    phases = {"8 req/s": (1, 3, 1), "26 req/s": (4, 7, 2), "3 req/s": (8, 9, 1)}
+    for name, (first, last, want) in phases.items():
+        got = [v for k, v in target.items() if first <= k <= last]
+        assert got and set(got) == {want}, (name, target)
 
     seen = step_run["seen"]
     prefill = [w for w in seen["workers"] if w.role == "prefill"]
