@@ -54,6 +54,13 @@ def add_live_arguments(p: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="with --live: start a real serving stack on this machine (dynamo) and scale it",
     )
+    g.add_argument(
+        "--stack-startup",
+        choices=("mocker", "hidden"),
+        default=None,
+        help="--stack dynamo: mocker = the mocker's --startup-time, routed to while it starts "
+        "(default); hidden = start it after the startup, as the simulator assumes",
+    )
     g.add_argument("--frontend", metavar="URL", help="OpenAI-compatible frontend base URL")
     g.add_argument("--prometheus", metavar="URL", help="Prometheus base URL")
     g.add_argument("--model", help="model name sent in requests and matched in metrics")
@@ -327,8 +334,9 @@ async def _stack_main(args, scenario: Scenario, profile, requests) -> LiveOutcom
 
     stack = load_stack(args.stack)
     workdir = Path(tempfile.mkdtemp(prefix=f"planlab-{args.stack}-"))
+    options = {"startup": args.stack_startup} if getattr(args, "stack_startup", None) else {}
     try:
-        with stack.start_stack(scenario, workdir, profile=profile) as h:
+        with stack.start_stack(scenario, workdir, profile=profile, **options) as h:
             target = LiveTarget(
                 frontend_url=h.frontend_url,
                 prometheus_url=h.prometheus_url,
@@ -378,6 +386,8 @@ async def _live_main(args, scenario: Scenario, profile, requests) -> LiveOutcome
 
 
 def check_live_args(args: argparse.Namespace) -> None:
+    if getattr(args, "stack_startup", None) and not getattr(args, "stack", None):
+        raise ConfigError("only applies with --stack NAME", key="--stack-startup")
     if getattr(args, "stack", None):
         clash = [
             f

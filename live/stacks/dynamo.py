@@ -70,6 +70,7 @@ DEFAULT_MODEL = "planlab-dynamo"
 STARTED_LINE = b"Engine startup simulation completed"
 _WORKER_ID = re.compile(r'dynamo_component_uptime_seconds\{[^}]*worker_id="([0-9a-f]+)"')
 _LOOPBACK = "127.0.0.1"
+STARTUP_MODES = ("mocker", "hidden")
 
 
 def low_port(lo: int = 20000, hi: int = 32767) -> int:
@@ -292,8 +293,10 @@ def _mocker_role(
     system_ports: list[int],
     bootstrap_ports: list[int],
     drain_timeout_s: float,
+    startup: str,
 ) -> RoleConfig:
     rs = getattr(scenario.cluster, role)
+    startup_s = max(0.0, rs.startup_s)
     blocks = max(1, int(profile.max_kv_tokens) // BLOCK_SIZE)
     kv_bytes = getattr(profile, "kv_bytes_per_token", None)
     argv = [
@@ -313,7 +316,7 @@ def _mocker_role(
         "--request-plane",
         "tcp",
         "--startup-time",
-        f"{max(0.0, rs.startup_s):g}",
+        f"{startup_s if startup == 'mocker' else 0.0:g}",
         "--num-gpu-blocks-override",
         str(blocks),
         "--block-size",
@@ -335,7 +338,12 @@ def _mocker_role(
     def command(slot: int) -> WorkerSpec:
         extra = ["--bootstrap-ports", str(bootstrap_ports[slot])] if role == "prefill" else []
         wenv = dict(env, DYN_SYSTEM_PORT=str(system_ports[slot]))
-        return WorkerSpec(tuple(argv + extra), tuple(sorted(wenv.items())))
+        full = argv + extra
+        if startup == "hidden" and startup_s > 0:
+            # The same PID sleeps out the startup, then becomes the mocker (exec): nothing
+            # is registered in discovery before the worker is ready.
+            full = ["/bin/sh", "-c", 'sleep "$0" && exec "$@"', f"{startup_s:g}", *full]
+        return WorkerSpec(tuple(full), tuple(sorted(wenv.items())))
 
     def ready(w: Worker) -> bool:
         answer = _http(f"http://{_LOOPBACK}:{system_ports[w.slot]}/metrics", 1.0)
@@ -393,6 +401,7 @@ def start_stack(
     max_workers: int = 4,
     drain_timeout_s: float = 300.0,
     ready_timeout_s: float | None = None,
+    startup: str = "mocker",
 ) -> Iterator[DynamoStack]:
     """Start Dynamo's frontend, the scenario's prefill and decode mocker workers and a
     Prometheus scraping them; yield when the frontend lists the model and every worker has
@@ -401,8 +410,15 @@ def start_stack(
     profile: the PerfProfile to time the mocker with (default: the scenario's analytic
     model). max_workers: slots per role (the scenario's max_replicas or GPU budget may
     lower it); each slot has its own system (metrics) port, which Prometheus scrapes
-    whether or not a worker holds it.
+    whether or not a worker holds it. startup: "mocker" passes the role's startup to the
+    mocker's --startup-time (the mocker registers in discovery at once and the frontend
+    routes to it while it "starts"); "hidden" waits the startup out before starting the
+    mocker, so a worker gets traffic only once ready, as planlab's simulator assumes.
     """
+    if startup not in STARTUP_MODES:
+        raise ConfigError(
+            f"expected startup one of {', '.join(STARTUP_MODES)}, got {startup!r}", key="startup"
+        )
     check_installed()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -442,6 +458,7 @@ def start_stack(
             system_ports=system_ports[r],
             bootstrap_ports=bootstrap_ports,
             drain_timeout_s=drain_timeout_s,
+            startup=startup,
         )
         for r in ("prefill", "decode")
     }

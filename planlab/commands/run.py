@@ -84,8 +84,8 @@ def overrides_from(args: argparse.Namespace) -> dict[str, str]:
 
 
 def main(args: argparse.Namespace) -> int:
-    live_only = [f for f in ("emulate", "stack", "frontend", "prometheus", "kube_namespace",
-                             "dgd", "advisory") if getattr(args, f, None)]  # fmt: skip
+    live_only = [f for f in ("emulate", "stack", "stack_startup", "frontend", "prometheus",
+                             "kube_namespace", "dgd", "advisory") if getattr(args, f, None)]  # fmt: skip
     if live_only and not getattr(args, "live", False):
         flag = "--" + live_only[0].replace("_", "-")
         raise ConfigError("only applies to a live run; add --live", key=flag)

@@ -51,6 +51,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=0, help="frontend port (default: a free one)")
     p.add_argument("--prometheus-port", type=int, default=0, help="Prometheus port (a free one)")
     p.add_argument("--workdir", metavar="DIR", help="keep logs, discovery and tables here")
+    p.add_argument(
+        "--startup",
+        choices=("mocker", "hidden"),
+        default="mocker",
+        help="dynamo: mocker = its --startup-time (routed to while starting, the default); "
+        "hidden = start it after the startup (no traffic before ready)",
+    )
     p.set_defaults(func=run)
 
 
@@ -96,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
         # A temporary work directory goes after a clean stop, stays after a failure (logs).
         workdir = Path(args.workdir or tempfile.mkdtemp(prefix="planlab-stack-"))
         options = {"profile": profile, "prometheus_port": args.prometheus_port}
+        if args.startup != "mocker":
+            options["startup"] = args.startup
         if args.port:
             options["frontend_port"] = args.port
         try:

@@ -243,3 +243,37 @@ def test_a_stack_that_does_not_come_up_is_stopped_and_named(tmp_path):
         mp.undo()
     assert len(started) == 3  # the frontend, one prefill and one decode worker
     assert not [p for p in started if pid_alive(p)]
+
+
+@pytest.mark.live
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("startup, visible_while_starting", [("mocker", 2), ("hidden", 1)])
+def test_when_a_starting_worker_is_visible_to_the_frontend(
+    tmp_path, startup, visible_while_starting
+):
+    """The mocker registers in discovery before its --startup-time is over (the frontend
+    routes to it while it starts); startup="hidden" keeps it out until it is ready."""
+    from scenario import load_scenario
+
+    path = tmp_path / "s.yaml"
+    path.write_text(SCENARIO.replace(f"startup: {STARTUP_S:g}s", "startup: 4s"))
+    with dynamo.start_stack(
+        load_scenario(path), tmp_path / "wd", startup=startup, prometheus=False
+    ) as h:
+        instances = h.workdir / "kv" / "v1" / "instances"
+
+        def registered() -> int:
+            return len(list(instances.glob("dynamo%2Fprefill%2Fgenerate%2F*")))
+
+        assert registered() == 1
+        h.connector.scale(prefill=2, decode=1)
+        h.connector.wait_until(lambda s: s.prefill.starting == 1, 10)
+        time.sleep(2.5)  # well inside its 4 s startup
+        assert h.connector.state().prefill.starting == 1
+        assert registered() == visible_while_starting
+        st = h.connector.wait_until(lambda s: s.prefill.ready == 2, 30)
+        assert st.prefill.startup_s[-1] >= 4.0
+        time.sleep(0.5)
+        assert registered() == 2
+        pids = h.pids()
+    assert not [p for p in pids if pid_alive(p)]

@@ -11,6 +11,10 @@ from planlab.cli import main
     "argv, message",
     [
         (["--stack", "dynamo"], "--stack: only applies to a live run; add --live"),
+        (
+            ["--live", "--stack-startup", "hidden"],
+            "--stack-startup: only applies with --stack NAME",
+        ),
         (["--live", "--stack", "nope"], "unknown stack 'nope'; expected one of dynamo, vllm"),
         (["--live", "--stack", "dynamo", "--emulate"], "--stack starts its own frontend"),
         (
