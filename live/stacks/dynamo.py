@@ -3,8 +3,10 @@ timed from the scenario's profile, a real Prometheus scraping them all, and a
 ProcessConnector that scales the mocker workers for real (optional extra planlab[dynamo]).
 
 No etcd or NATS: discovery goes through files (DYN_DISCOVERY_BACKEND=file,
-DYN_FILE_KV=<workdir>/kv), requests over TCP, events over ZMQ. Everything binds
-127.0.0.1. What planlab writes for the mocker:
+DYN_FILE_KV=<workdir>/kv), requests over TCP, events over ZMQ. The HTTP, status and
+request-plane servers bind 127.0.0.1 (Dynamo's ZMQ event publishers bind 0.0.0.0 and
+advertise 127.0.0.1; no setting for their bind address was found). What planlab writes
+for the mocker:
 
 - a model directory with a tokenizer built by the `tokenizers` package (no hub): a word
   tokenizer of 32000 words, so "the " * n is exactly n tokens and every random token id
