@@ -279,7 +279,6 @@ def _base_env(workdir: Path) -> dict[str, str]:
         "DYN_TCP_RPC_HOST": _LOOPBACK,
         "DYN_TCP_RESPONSE_STREAM_HOST": _LOOPBACK,
         "DYN_EVENT_PLANE_HOST": _LOOPBACK,
-        "NO_COLOR": "1",
     }
 
 
