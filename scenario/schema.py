@@ -311,7 +311,7 @@ class _Parser:
         if "profile" in m:
             return ModelSpec(profile=self.path(m["profile"], "model.profile", kind="directory"))
         a = self.mapping(
-            m["analytic"], "model.analytic", ("model", "gpu", "dtype", "tp"), ("model", "gpu")
+            m["analytic"], "model.analytic", ("model", "gpu", "dtype", "tp", "ep"), ("model", "gpu")
         )
         models, gpus, dtypes = _analytic_names()
         spec = AnalyticSpec(
@@ -323,6 +323,7 @@ class _Parser:
             else self.string(a["gpu"], "model.analytic.gpu"),
             dtype=self.choice(a.get("dtype", "fp8"), "model.analytic.dtype", dtypes),
             tp=self.integer(a.get("tp", 1), "model.analytic.tp", minimum=1),
+            ep=self.integer(a.get("ep", 1), "model.analytic.ep", minimum=1),
         )
         return ModelSpec(analytic=spec)
 
@@ -868,6 +869,8 @@ def scenario_to_dict(scenario: Scenario) -> dict[str, Any]:
     else:
         a = s.model.analytic
         model = {"analytic": {"model": a.model, "gpu": a.gpu, "dtype": a.dtype, "tp": a.tp}}
+        if a.ep != 1:
+            model["analytic"]["ep"] = a.ep
     c = s.cluster
     cluster: dict[str, Any] = {
         "prefill": _role_to_raw(c.prefill),

@@ -167,6 +167,7 @@ class AnalyticSpec:
     gpu: str
     dtype: str = "fp8"
     tp: int = 1
+    ep: int = 1  # expert parallel degree of MoE layers (a divisor of tp)
 
 
 @dataclass(frozen=True)
