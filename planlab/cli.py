@@ -26,6 +26,7 @@ COMMANDS = (
     "baseline",
     "fidelity",
     "backtest",
+    "stack",
 )
 
 EPILOG = """examples:

@@ -49,6 +49,18 @@ def add_live_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --live: start the local emulated cluster and a real Prometheus",
     )
+    g.add_argument(
+        "--stack",
+        metavar="NAME",
+        help="with --live: start a real serving stack on this machine (dynamo) and scale it",
+    )
+    g.add_argument(
+        "--stack-startup",
+        choices=("mocker", "hidden"),
+        default=None,
+        help="--stack dynamo: mocker = the mocker's --startup-time, routed to while it starts "
+        "(default); hidden = start it after the startup, as the simulator assumes",
+    )
     g.add_argument("--frontend", metavar="URL", help="OpenAI-compatible frontend base URL")
     g.add_argument("--prometheus", metavar="URL", help="Prometheus base URL")
     g.add_argument("--model", help="model name sent in requests and matched in metrics")
@@ -93,6 +105,7 @@ class LiveTarget:
     model: str | None
     metric_names: str = "dynamo"
     emulated: bool = False
+    stack: str | None = None
 
 
 @dataclass(frozen=True)
@@ -218,6 +231,7 @@ async def run_live_scenario(
         scenario_name=scenario.name,
         extra={
             "mode": "live-emulated" if target.emulated else "live",
+            "stack": target.stack,
             "seed": scenario.seed,
             "frontend": target.frontend_url,
             "prometheus": target.prometheus_url,
@@ -310,7 +324,40 @@ def _connector_from_args(args: argparse.Namespace, scenario: Scenario):
     return conn, args.advisory
 
 
+async def _stack_main(args, scenario: Scenario, profile, requests) -> LiveOutcome:
+    """`--stack NAME`: start live.stacks.NAME in a temporary directory, run, stop it. The
+    directory (the stack's logs) is removed after a run that ended, kept after a failure."""
+    import shutil
+    import tempfile
+
+    from live.stacks import load_stack
+
+    stack = load_stack(args.stack)
+    workdir = Path(tempfile.mkdtemp(prefix=f"planlab-{args.stack}-"))
+    options = {"startup": args.stack_startup} if getattr(args, "stack_startup", None) else {}
+    try:
+        with stack.start_stack(scenario, workdir, profile=profile, **options) as h:
+            target = LiveTarget(
+                frontend_url=h.frontend_url,
+                prometheus_url=h.prometheus_url,
+                connector=h.connector,
+                model=h.model,
+                metric_names=getattr(h, "metric_names", "dynamo"),
+                stack=args.stack,
+            )
+            outcome = await run_live_scenario(
+                scenario, target, profile=profile, requests=requests, advisory=args.advisory
+            )
+    except BaseException:
+        log.warning("the %s stack's logs are kept in %s", args.stack, workdir)
+        raise
+    shutil.rmtree(workdir, ignore_errors=True)
+    return outcome
+
+
 async def _live_main(args, scenario: Scenario, profile, requests) -> LiveOutcome:
+    if getattr(args, "stack", None):
+        return await _stack_main(args, scenario, profile, requests)
     if args.emulate:
         from live.emulator.launch import start_emulated_cluster
 
@@ -339,6 +386,25 @@ async def _live_main(args, scenario: Scenario, profile, requests) -> LiveOutcome
 
 
 def check_live_args(args: argparse.Namespace) -> None:
+    if getattr(args, "stack_startup", None) and not getattr(args, "stack", None):
+        raise ConfigError("only applies with --stack NAME", key="--stack-startup")
+    if getattr(args, "stack", None):
+        clash = [
+            f
+            for f in ("emulate", "frontend", "prometheus", "kube_namespace", "dgd")
+            if getattr(args, f)
+        ]
+        if clash:
+            raise ConfigError(
+                f"--stack starts its own frontend and workers; drop --{clash[0].replace('_', '-')}",
+                key="--stack",
+            )
+        from live.stacks import load_stack
+
+        check = getattr(load_stack(args.stack), "check_installed", None)
+        if check is not None:
+            check()
+        return
     if args.emulate:
         clash = [f for f in ("frontend", "prometheus", "kube_namespace", "dgd") if getattr(args, f)]
         if clash:
@@ -350,7 +416,8 @@ def check_live_args(args: argparse.Namespace) -> None:
     missing = [f"--{f}" for f in ("frontend", "prometheus") if not getattr(args, f)]
     if missing:
         raise ConfigError(
-            f"--live needs {' and '.join(missing)} (or --emulate for a local emulated cluster)",
+            f"--live needs {' and '.join(missing)} (or --emulate for a local emulated cluster, "
+            "or --stack dynamo)",
             key="--live",
         )
 

@@ -19,6 +19,7 @@ EXAMPLES = """examples:
   planlab run scenarios/quickstart.yaml
   planlab run scenarios/ramp.yaml --policy static --seed 3 --out results/ramp-static
   planlab run scenarios/steady.yaml --set planner.interval=30s --no-report
+  planlab run scenarios/live-step.yaml --live --stack dynamo   # needs planlab[dynamo]
 """
 
 
@@ -83,15 +84,20 @@ def overrides_from(args: argparse.Namespace) -> dict[str, str]:
 
 
 def main(args: argparse.Namespace) -> int:
-    live_only = [f for f in ("emulate", "frontend", "prometheus", "kube_namespace", "dgd",
-                             "advisory") if getattr(args, f, None)]  # fmt: skip
+    live_only = [f for f in ("emulate", "stack", "stack_startup", "frontend", "prometheus",
+                             "kube_namespace", "dgd", "advisory") if getattr(args, f, None)]  # fmt: skip
     if live_only and not getattr(args, "live", False):
         flag = "--" + live_only[0].replace("_", "-")
         raise ConfigError("only applies to a live run; add --live", key=flag)
     if getattr(args, "live", False):
+        from live.stacks import StackError
         from planlab.live_run import run_live  # the live driver's path
 
-        outcome = run_live(args, overrides_from(args))
+        try:
+            outcome = run_live(args, overrides_from(args))
+        except StackError as exc:  # a stack that did not come up: its logs are named
+            print(f"planlab: error: {exc}", file=sys.stderr)
+            return 1
         if not args.no_report:
             _report(outcome.out_dir)
         print_summary(outcome.summary, outcome.out_dir)
