@@ -576,11 +576,17 @@ def _exchange(best, cfg, batch, rejected, tried, evaluate_all, bound) -> Evaluat
 
 
 def write_oracle(
-    result: SearchResult, scenario: Scenario, out_dir: str | Path, run_dir: str | Path | None = None
+    result: SearchResult,
+    scenario: Scenario,
+    out_dir: str | Path,
+    run_dir: str | Path | None = None,
+    *,
+    force: bool = False,
 ) -> Path:
     """run_dir (default out_dir/run/: the best schedule's run, its scenario.yaml holding the schedule, so
     `planlab run out_dir/run/scenario.yaml` replays it) and out_dir/schedule.json (the
-    schedule, the throughput oracle's, whether the target was met and every evaluation)."""
+    schedule, the throughput oracle's, whether the target was met and every evaluation).
+    force: replace an earlier planlab run in run_dir (planlab.runner.run_scenario's rule)."""
     import json
     import os
 
@@ -589,7 +595,7 @@ def write_oracle(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     run = Path(run_dir) if run_dir is not None else out / "run"
-    outcome = run_scenario(with_schedule(scenario, result.best.schedule), out_dir=run)
+    outcome = run_scenario(with_schedule(scenario, result.best.schedule), out_dir=run, force=force)
     doc = {"scenario": scenario.name, "seed": scenario.seed, **result.to_dict()}
     doc["run_dir"] = str(outcome.out_dir)
     tmp = out / f".schedule.json.tmp-{os.getpid()}"

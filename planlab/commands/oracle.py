@@ -37,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-evals", type=int, help="at most this many simulations")
     p.add_argument("--seed", type=int, help="override the scenario's seed")
     p.add_argument("--out", metavar="DIR", help="output folder (default results/oracle-<name>)")
+    p.add_argument("--force", action="store_true", help="replace an earlier search in --out")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=main)
 
@@ -46,6 +47,7 @@ def main(args: argparse.Namespace) -> int:
     import dataclasses
 
     from planlab.oracle_search import search, write_oracle
+    from planlab.results import check_out_dir
     from scenario import load_scenario
 
     if args.jobs < 1:
@@ -58,12 +60,15 @@ def main(args: argparse.Namespace) -> int:
     if args.seed is not None:
         scenario = dataclasses.replace(scenario, seed=args.seed)
     out = Path(args.out) if args.out else Path("results") / f"oracle-{scenario.name}"
-    if out.exists() and any(out.iterdir()) and not (out / "schedule.json").is_file():
-        raise ConfigError(
-            "exists and is not an earlier `planlab oracle` output; expected a new or empty "
-            "folder (nothing is overwritten)",
-            source=str(out),
-        )
+    # before any simulation: an earlier search is replaced only with --force, anything
+    # else planlab did not write is never touched
+    check_out_dir(
+        out,
+        force=args.force,
+        markers=("schedule.json",),
+        entries=frozenset(("schedule.json", "run")),
+        what="oracle search",
+    )
     bar = ProgressBar(enabled=not args.quiet, delay_s=0.0)
 
     def progress(fraction: float, text: str) -> None:
@@ -84,7 +89,7 @@ def main(args: argparse.Namespace) -> int:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
         bar.close()
-    run_dir = write_oracle(result, scenario, out)
+    run_dir = write_oracle(result, scenario, out, force=True)
     best, thr = result.best, result.throughput
     verdict = "meets" if result.meets_target else "does NOT meet"
     print(

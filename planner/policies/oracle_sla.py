@@ -23,7 +23,13 @@ from typing import Any
 
 from planner.errors import ConfigError
 from planner.observation import Observation
-from planner.policies.base import apply_budget, clamp_min_max, register, validate_budget
+from planner.policies.base import (
+    apply_budget,
+    clamp_min_max,
+    numeric_options,
+    register,
+    validate_budget,
+)
 from planner.types import ROLES, Decision, PlannerConfig, ReplicaState
 
 KEY = "planner.options.schedule"
@@ -123,12 +129,17 @@ def desired_series(schedule: Schedule, cfg: PlannerConfig) -> dict[str, list[int
     return out
 
 
-@register("oracle-sla")
+# schedule: the replayed schedule; search_budget_s: how long `planlab compare` may search
+# for one when none is given (planlab.compare), checked here like every option
+@register("oracle-sla", options=("schedule", "search_budget_s"))
 class OracleSLAPolicy:
     name = "oracle-sla"
 
     def __init__(self, cfg: PlannerConfig, profile=None, schedule: Any = None, **_):
         validate_budget(cfg)
+        numeric_options(
+            cfg, {"search_budget_s": 300.0}, {"search_budget_s": (0.0, math.inf, True, False)}
+        )
         raw = schedule if schedule is not None else cfg.option("schedule")
         if raw is None:
             raise ConfigError(

@@ -172,4 +172,4 @@ def test_oracle_cli_bad_input(tmp_path, capsys):
     (tmp_path / "taken" / "mine.txt").write_text("keep")
     assert cli_main(["oracle", str(path), "--out", str(tmp_path / "taken")]) == 2
     assert (tmp_path / "taken" / "mine.txt").read_text() == "keep"
-    assert "nothing is overwritten" in capsys.readouterr().err
+    assert "never deletes or moves" in capsys.readouterr().err
