@@ -455,7 +455,7 @@ def search(
                 break
             improved = _exchange(best, cfg, batch, rejected, tried, evaluate_all, bound)
             if improved is None:
-                stopped = "no move left"
+                stopped = "no move left" if bound.room() > 0 else bound.why()
                 break
             best = improved
         else:
