@@ -18,6 +18,7 @@ EXAMPLES = """examples:
   planlab run scenarios/quickstart.yaml
   planlab run scenarios/ramp.yaml --policy static --seed 3 --out results/ramp-static
   planlab run scenarios/steady.yaml --set planner.interval=30s --no-report
+  planlab run scenarios/live-vllm.yaml --live --stack vllm   (needs planlab[vllm])
 """
 
 
@@ -66,7 +67,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, str]:
 
 def main(args: argparse.Namespace) -> int:
     live_only = [f for f in ("emulate", "frontend", "prometheus", "kube_namespace", "dgd",
-                             "advisory") if getattr(args, f, None)]  # fmt: skip
+                             "advisory", "stack") if getattr(args, f, None)]  # fmt: skip
     if live_only and not getattr(args, "live", False):
         flag = "--" + live_only[0].replace("_", "-")
         raise ConfigError("only applies to a live run; add --live", key=flag)
