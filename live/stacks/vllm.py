@@ -91,6 +91,18 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
+def peak_rss_mib(pid: int) -> float | None:
+    """The process's peak resident memory (VmHWM) in MiB; None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
 def pid_alive(pid: int) -> bool:
     """True while pid is a process that has not exited (a zombie has exited)."""
     try:
@@ -123,6 +135,7 @@ class VllmServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.startup_s: float | None = None
         self.pids: list[int] = []  # the server's and its descendants', as last seen
+        self.peak_rss_mib: float | None = None  # summed over them, read just before stop
         self._proc: subprocess.Popen | None = None
         self._log = None
 
@@ -221,6 +234,10 @@ class VllmServer:
         proc, self._proc = self._proc, None
         if proc is not None:
             self.pids = list(dict.fromkeys([*self.pids, *_descendants(proc.pid)]))
+            peaks = [p for p in map(peak_rss_mib, self.pids) if p is not None]
+            if peaks:
+                self.peak_rss_mib = sum(peaks)
+                log.info("vllm: peak resident memory %.0f MiB over pids %s", sum(peaks), self.pids)
             if proc.poll() is None:
                 proc.terminate()
                 try:

@@ -83,6 +83,7 @@ def run(tmp_path_factory, monkeypatch_module):
             seen["pids"] = list(handle.pids)
             seen["startup_s"] = handle.startup_s
             seen["model"] = handle.model
+            seen["server"] = handle.server
             yield handle
             seen["pids"] = list(dict.fromkeys([*seen["pids"], *handle.pids]))
             seen["metrics"] = httpx.get(handle.metrics_url, timeout=10).text
@@ -177,7 +178,7 @@ def test_client_latencies_beside_vllm_histograms(run):
     print(
         f"\nvLLM startup {run['startup_s']:.1f} s; TTFT client {client_ttft_ms:.1f} ms vs vLLM "
         f"{server['ttft_mean_ms']:.1f} ms; TPOT client {client_tpot_ms:.2f} ms vs vLLM ITL "
-        f"{server['itl_mean_ms']:.2f} ms"
+        f"{server['itl_mean_ms']:.2f} ms; peak RSS {run['server'].peak_rss_mib or 0:.0f} MiB"
     )
 
 
