@@ -354,6 +354,9 @@ def load_stack(name: str):
     module = importlib.import_module(f"live.stacks.{name}")
     if not hasattr(module, "start_stack"):
         raise ConfigError(f"live.stacks.{name} is not a stack (no start_stack)", key="--stack")
+    require = getattr(module, "require", None)
+    if require is not None:
+        require()  # its extra is installed: ConfigError naming it, before anything starts
     return module.start_stack
 
 

@@ -55,6 +55,9 @@ def require_vllm() -> None:
         raise ConfigError(f"--stack vllm needs vLLM on CPU: {EXTRA_HINT}", key="--stack")
 
 
+require = require_vllm  # what planlab checks before it starts anything
+
+
 @dataclass(frozen=True)
 class VllmOptions:
     """How the server is started; the defaults are what works on a small CPU machine."""

@@ -155,3 +155,18 @@ def test_stack_flag_checks(tmp_path, capsys):
     assert main([*argv, "--stack", "vllm", "--frontend", "http://x"]) == 2
     assert "drop --frontend" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_stack_without_its_extra_names_the_extra(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a)
+    )
+    out = tmp_path / "r"
+    argv = ["run", "scenarios/live-vllm.yaml", "--live", "--stack", "vllm", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'planlab[vllm]'" in err and "Traceback" not in err
+    assert not out.exists()
