@@ -180,7 +180,7 @@ def _run_one(
     """One simulated run into out_dir (in a worker process); returns its compare row."""
     from planlab.runner import run_scenario
 
-    outcome = run_scenario(scenario, out_dir=out_dir, policy=policy, seed=seed)
+    outcome = run_scenario(scenario, out_dir=out_dir, policy=policy, seed=seed, force=True)
     if report:
         from planlab.report import write_report
 

@@ -21,7 +21,13 @@ import pandas as pd
 from live.driver import PlannerDriver, TimelineSampler, gpu_seconds
 from live.loadgen import LoadGenerator
 from live.prometheus import METRIC_SETS, PrometheusSource
-from planlab.results import REQUEST_COLUMNS, TIMELINE_COLUMNS, compute_summary, default_run_dir
+from planlab.results import (
+    REQUEST_COLUMNS,
+    TIMELINE_COLUMNS,
+    check_out_dir,
+    compute_summary,
+    default_run_dir,
+)
 from planlab.results import write_run as write_results
 from planner import metrics as m
 from planner.errors import ConfigError
@@ -194,7 +200,10 @@ async def run_live_scenario(
 ) -> LiveOutcome:
     """Stream `requests` (scenario.workload.Requests) to the frontend in real time, run the
     planner every planner.interval against Prometheus and the connector, sample the
-    connector every scrape interval. Returns the frames; writes nothing."""
+    connector every scrape interval. Returns the frames; writes nothing. An unreachable
+    frontend or Prometheus, or a frontend that does not serve the model, is a ConfigError
+    before the first request (preflight)."""
+    await preflight(target)
     cfg = scenario.planner_config()
     planner = PlannerLoop(make_policy(cfg, profile), cfg)
     names, label = METRIC_SETS[target.metric_names]
@@ -299,6 +308,51 @@ async def run_live_scenario(
         },
     )
     return LiveOutcome(None, summary, req, timeline, tuple(driver.records))
+
+
+async def preflight(target: LiveTarget, timeout_s: float = 5.0) -> None:
+    """Check that the frontend answers `GET /v1/models` (and lists target.model when one is
+    named) and that Prometheus answers its query API, before any request is sent."""
+    import httpx
+
+    frontend = target.frontend_url.rstrip("/")
+    prometheus = target.prometheus_url.rstrip("/")
+    async with httpx.AsyncClient(timeout=timeout_s, trust_env=False) as client:
+        models_url = f"{frontend}/v1/models"
+        try:
+            resp = await client.get(models_url)
+            resp.raise_for_status()
+            body = resp.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise ConfigError(
+                f"the frontend at {models_url} did not answer ({_error_text(exc)}); expected an "
+                "OpenAI-compatible server listing its models",
+                key="--frontend",
+            ) from None
+        served = [str(m.get("id")) for m in body.get("data", []) if isinstance(m, dict)]
+        if target.model is not None and served and target.model not in served:
+            raise ConfigError(
+                f"the frontend at {frontend} does not serve model {target.model!r}; it serves "
+                f"{', '.join(served)}",
+                key="--model",
+            )
+        query_url = f"{prometheus}/api/v1/query"
+        try:
+            resp = await client.get(query_url, params={"query": "1"})
+            resp.raise_for_status()
+            if resp.json().get("status") != "success":
+                raise ValueError(f"status {resp.json().get('status')!r}")
+        except (httpx.HTTPError, ValueError) as exc:
+            raise ConfigError(
+                f"Prometheus at {query_url} did not answer ({_error_text(exc)}); expected the "
+                "Prometheus HTTP API",
+                key="--prometheus",
+            ) from None
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]
 
 
 def _connector_from_args(args: argparse.Namespace, scenario: Scenario):
@@ -471,6 +525,9 @@ def run_live(args: argparse.Namespace, overrides: dict[str, str] | None = None) 
     cfg = scenario.planner_config()
     validate_budget(cfg)
     requests = generate(scenario.workload, scenario.duration_s, scenario.seed)
+    force = bool(getattr(args, "force", False))
+    if args.out:
+        check_out_dir(args.out, force=force)
     out_dir = (
         Path(args.out)
         if args.out
@@ -480,6 +537,13 @@ def run_live(args: argparse.Namespace, overrides: dict[str, str] | None = None) 
     # the emulator and Prometheus have stopped; nothing has been written yet.
     outcome = asyncio.run(_live_main(args, scenario, profile, requests))
     path = write_results(
-        out_dir, outcome.requests, outcome.timeline, outcome.records, outcome.summary, scenario
+        out_dir,
+        outcome.requests,
+        outcome.timeline,
+        outcome.records,
+        outcome.summary,
+        scenario,
+        replace=force,
+        unique=not args.out,
     )
     return LiveOutcome(path, outcome.summary, outcome.requests, outcome.timeline, outcome.records)

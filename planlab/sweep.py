@@ -152,7 +152,7 @@ def _summary_row(summary: dict[str, Any], run_dir: Path, reused: bool) -> dict[s
 def _run_point(scenario: Scenario, run_dir: Path) -> dict[str, Any]:
     from planlab.runner import run_scenario
 
-    outcome = run_scenario(scenario, out_dir=run_dir)
+    outcome = run_scenario(scenario, out_dir=run_dir, force=True)  # inside the sweep's own folder
     return _summary_row(outcome.summary, run_dir, reused=False)
 
 

@@ -590,10 +590,14 @@ class _Parser:
         return scenario
 
     def cross_checks(self, s: Scenario, raw: dict[str, Any]) -> None:
+        from planner.policies import check_options
         from planner.policies.base import validate_budget
+        from planner.predictors import make_predictor
 
         try:
             validate_budget(s.planner_config())
+            check_options(s.planner.options)
+            make_predictor(s.planner.predictor, **s.planner.predictor_options)
         except ConfigError as exc:
             raise ConfigError(exc.detail, source=self.source, key=exc.key) from None
         p = s.planner
@@ -662,8 +666,58 @@ def parse_scenario(data: dict[str, Any], source: str, *, base_dir: Path | None =
     return _Parser(str(source), base).scenario(data)
 
 
+class DuplicateKeyError(yaml.MarkedYAMLError):
+    """A mapping that names one key twice (PyYAML keeps the last silently)."""
+
+
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, stricter where a typo would otherwise pass: a key given twice
+    in one mapping is an error naming both lines, and numbers in exponent form without a
+    dot (`1e9`, YAML 1.2's float) are numbers, not strings."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:
+                continue  # PyYAML reports unhashable keys itself
+            if key in seen:
+                first = seen[key].start_mark.line + 1
+                raise DuplicateKeyError(
+                    problem=f"key {key!r} is given twice (first on line {first}); "
+                    "expected each key once per mapping",
+                    problem_mark=key_node.start_mark,
+                )
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """YAML text to data with YamlLoader (raises yaml.YAMLError)."""
+    return yaml.load(text, Loader=YamlLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def yaml_error_text(exc: yaml.YAMLError) -> str:
+    """`line L, column C: invalid YAML (problem)` for one message."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{where}invalid YAML ({problem})"
+
+
 def _read_yaml(path: Path) -> Any:
     source = str(path)
+    if path.is_dir():
+        raise ConfigError("is a directory; expected a scenario YAML file", source=source)
     if not path.is_file():
         raise ConfigError("scenario file not found; expected a YAML file", source=source)
     try:
@@ -673,12 +727,9 @@ def _read_yaml(path: Path) -> Any:
             f"cannot read the file ({exc}); expected UTF-8 YAML", source=source
         ) from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{where}invalid YAML ({problem})", source=source) from None
+        raise ConfigError(yaml_error_text(exc), source=source) from None
     if data is None:
         raise ConfigError("the file is empty; expected a scenario mapping", source=source)
     return data
@@ -721,7 +772,7 @@ def apply_override(
         )
     if isinstance(value_text, str):
         try:
-            value = yaml.safe_load(value_text)
+            value = load_yaml(value_text)
         except yaml.YAMLError:
             raise ConfigError(
                 f"got {value_text!r}; expected a YAML value (number, string, list)",

@@ -559,3 +559,22 @@ def generate(workload: WorkloadSpec, duration_s: float, seed: int) -> Requests:
     isl = sample_lengths(workload.isl, len(arrival), rng, scale)
     osl = sample_lengths(workload.osl, len(arrival), rng)
     return Requests(arrival.astype(np.float64), isl, osl)
+
+
+def expected_requests(workload: WorkloadSpec, duration_s: float) -> float | None:
+    """The expected request count of an open-loop workload over [0, duration_s), from the
+    rate schedule's integral without drawing anything (a size guard before a run); None
+    for a trace (its file bounds it) or a closed loop (its users and service bound it)."""
+    if workload.arrival is None:
+        return None
+    rate = workload.arrival.rate
+    if isinstance(rate, SineRate):
+        return max(rate.mean, 0.0) * duration_s  # within one amplitude-period of the truth
+    if isinstance(rate, PiecewiseRate):
+        starts = np.array([p[0] for p in rate.points], dtype=float)
+        rates = np.array([p[1] for p in rate.points], dtype=float)
+    else:
+        starts, rates = piecewise_rate(rate, duration_s)
+    keep = starts < duration_s
+    starts, rates = starts[keep], rates[keep]
+    return float(_cumulative(starts, rates, duration_s)[-1])

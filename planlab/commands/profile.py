@@ -64,6 +64,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     lst = ps.add_parser("list", help="list analytic models and GPUs")
     lst.set_defaults(func=run_list)
 
+    from planlab.commands.profile_measure import add_measure
+
+    add_measure(ps)
+
 
 def _analytic_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--analytic", metavar="MODEL", help="analytic profile of MODEL (see `list`)")

@@ -53,7 +53,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=main)
 
 
+# What planlab writes into a sweep folder (a sweep there is resumed).
+SWEEP_DIR_ENTRIES = frozenset(
+    ("sweep.csv", "plots", "points", "max_rate.json", "max_rate_steps.csv")
+)
+
+
 def main(args: argparse.Namespace) -> int:
+    from planlab.results import check_out_dir
     from planlab.sweep import find_max_rate, parse_sets, sweep, write_max_rate
     from scenario import load_scenario
 
@@ -62,6 +69,14 @@ def main(args: argparse.Namespace) -> int:
     axes = parse_sets(args.set)
     base = load_scenario(args.scenario)
     out = Path(args.out) if args.out else Path("results") / f"sweep-{base.name}"
+    # An earlier sweep there is resumed on purpose; anything else of the user's is refused.
+    check_out_dir(
+        out,
+        force=True,
+        markers=("sweep.csv", "points", "max_rate.json"),
+        entries=SWEEP_DIR_ENTRIES,
+        what="sweep",
+    )
     if args.max_rate:
         return _max_rate(args, axes, out, find_max_rate, write_max_rate, load_scenario)
     bar = ProgressBar(enabled=not args.quiet, delay_s=0.0)
