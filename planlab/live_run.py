@@ -422,8 +422,16 @@ async def _stack_main(args, scenario: Scenario, profile, requests, workdir: Path
         if hasattr(cm, "__aenter__"):
             h = await stack.enter_async_context(cm)
         else:
-            # Starting blocks (real processes, seconds to minutes): off the event loop.
-            h = await asyncio.to_thread(cm.__enter__)
+            # Starting blocks (real processes, seconds to minutes): off the event loop. A
+            # Ctrl-C meanwhile cannot stop the thread: let the start finish, then stop it.
+            entering = asyncio.ensure_future(asyncio.to_thread(cm.__enter__))
+            try:
+                h = await asyncio.shield(entering)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await entering
+                    await asyncio.to_thread(cm.__exit__, None, None, None)
+                raise
             stack.push_async_callback(asyncio.to_thread, cm.__exit__, None, None, None)
         target = LiveTarget(
             frontend_url=h.frontend_url,

@@ -170,3 +170,36 @@ def test_stack_without_its_extra_names_the_extra(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "pip install 'planlab[vllm]'" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_ctrl_c_while_a_stack_starts_still_stops_it(monkeypatch):
+    """A sync start_stack runs in a thread; cancelling the run (what Ctrl-C does) while it
+    starts waits for the start to finish and then stops the stack: nothing is left."""
+    import time
+
+    import planlab.live_run as live_run
+
+    events: list[str] = []
+
+    class SlowStack:
+        def __enter__(self):
+            events.append("starting")
+            time.sleep(0.5)
+            events.append("started")
+            return self
+
+        def __exit__(self, *exc):
+            events.append("stopped")
+
+    monkeypatch.setattr(live_run, "load_stack", lambda name: lambda scenario, workdir: SlowStack())
+    args = argparse.Namespace(stack="fake", model=None, advisory=False)
+
+    async def go():
+        task = asyncio.create_task(live_run._stack_main(args, None, None, None, None))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(go())
+    assert events == ["starting", "started", "stopped"]
