@@ -352,7 +352,6 @@ def start_stack(
     )
     interval = scenario.prometheus.scrape_interval_s
     prom = PrometheusServer([f"127.0.0.1:{server.port}"], scrape_interval_s=interval)
-    connector = None
     with contextlib.ExitStack() as stack:
         stack.enter_context(server)
         prom_url = prom.start()
