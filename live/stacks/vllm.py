@@ -249,7 +249,8 @@ class VllmServer:
                     log.warning("vllm pid %d did not stop on SIGTERM; killing", proc.pid)
                     proc.kill()
                     proc.wait(timeout=10)
-            deadline = time.monotonic() + 10.0
+            # Its children (the engine core) stop on their own once the server has gone.
+            deadline = time.monotonic() + min(10.0, self.options.stop_timeout_s)
             while any(pid_alive(p) for p in self.pids) and time.monotonic() < deadline:
                 time.sleep(0.2)
             for pid in self.pids:
@@ -257,6 +258,12 @@ class VllmServer:
                     log.warning("vllm: pid %d outlived the server; killing", pid)
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 5.0  # SIGKILL is delivered asynchronously
+            while any(pid_alive(p) for p in self.pids) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            left = [p for p in self.pids if pid_alive(p)]
+            if left:
+                log.error("vllm: pids %s still alive after SIGKILL", left)
         if self._log is not None:
             self._log.close()
             self._log = None
