@@ -25,6 +25,7 @@ COMMANDS = (
     "profile",
     "baseline",
     "fidelity",
+    "backtest",
 )
 
 EPILOG = """examples:

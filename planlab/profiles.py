@@ -142,7 +142,7 @@ def resolve_model(model: ModelSpec) -> PerfProfile:
         return load_profile(model.profile)
     if model.analytic is not None:
         a = model.analytic
-        return analytic_profile(a.model, a.gpu, a.dtype, a.tp)
+        return analytic_profile(a.model, a.gpu, a.dtype, a.tp, ep=a.ep)
     raise ConfigError("neither profile nor analytic given; expected one of them", key="model")
 
 

@@ -39,6 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seeds", type=int, default=1, help="seeds per policy (default 1)")
     p.add_argument("--jobs", type=int, help="worker processes (default: CPU count; 1 inline)")
+    p.add_argument(
+        "--cluster",
+        metavar="tcp://HOST:8786|local",
+        help="run on a Dask cluster (a scheduler address, or local: a LocalCluster of --jobs "
+        "worker processes on 127.0.0.1); needs planlab[dask]",
+    )
     p.add_argument("--out", metavar="DIR", help="output folder (default results/compare-<time>)")
     p.add_argument(
         "--force",
@@ -63,10 +69,10 @@ COMPARE_DIR_ENTRIES = frozenset(("compare.csv", "compare.html", "plots", "runs")
 
 def main(args: argparse.Namespace) -> int:
     from planlab.compare import compare, format_table, resolve_inputs
+    from planlab.distributed import make_backend
     from planlab.results import check_out_dir, claim_new_dir
 
-    if args.jobs is not None and args.jobs < 1:
-        raise ConfigError(f"--jobs {args.jobs}: expected a positive number of processes")
+    backend = make_backend(args.jobs, args.cluster)
     scenarios, run_dirs = resolve_inputs(args.inputs)
     policies = parse_list(args.policies, "policies") if scenarios else []
     if args.out:
@@ -89,6 +95,7 @@ def main(args: argparse.Namespace) -> int:
             out,
             jobs=args.jobs,
             progress=bar.runs,
+            backend=backend,
             run_dirs=run_dirs,
             run_reports=args.run_reports,
         )
