@@ -53,7 +53,9 @@ def add_live_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--stack",
         metavar="NAME",
-        help="with --live: start a real serving stack on this machine (dynamo) and scale it",
+        help="with --live: start a real serving stack on this machine and run against it: "
+        "dynamo (Dynamo's frontend and mocker workers, scaled for real; planlab[dynamo]) or "
+        "vllm (one vLLM on CPU serving a tiny local model, advisory; planlab[vllm])",
     )
     g.add_argument(
         "--stack-startup",
@@ -76,11 +78,6 @@ def add_live_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--decode-deployment", metavar="NAME", help="decode Deployment (or service)")
     g.add_argument("--dgd", metavar="NAME", help="scale a DynamoGraphDeployment of this name")
     g.add_argument("--advisory", action="store_true", help="decide and record, never scale")
-    g.add_argument(
-        "--stack",
-        metavar="NAME",
-        help="with --live: start a real serving stack on this machine (live.stacks.NAME: vllm)",
-    )
 
 
 class StaticConnector:
@@ -510,7 +507,8 @@ def check_live_args(args: argparse.Namespace) -> None:
         ]
         if clash:
             raise ConfigError(
-                f"--stack starts its own serving stack; drop --{clash[0].replace('_', '-')}",
+                f"--stack starts its own frontend, workers and Prometheus; drop "
+                f"--{clash[0].replace('_', '-')}",
                 key="--stack",
             )
         load_stack(args.stack)  # an unknown name or a missing extra fails here, first
