@@ -14,8 +14,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    import simpy
-
+    from sim.clock import Clock
     from sim.prometheus import FrontendMetrics
     from sim.timing import EngineTiming
 
@@ -79,7 +78,7 @@ class EngineHost(Protocol):
     model, the frontend metrics, and the callbacks through which it reports. Workers
     never import the simulation (sim.simulate.Simulation implements this port)."""
 
-    env: simpy.Environment
+    env: Clock
     timing: EngineTiming
     metrics: FrontendMetrics
     preemptions: int
@@ -118,8 +117,7 @@ class Worker:
         return self.state == READY
 
     def _schedule(self, delay_s: float, callback) -> None:
-        ev = self.env.timeout(delay_s, self.gen)
-        ev.callbacks.append(callback)
+        self.env.call_later(delay_s, callback, self.gen)
 
     def drain(self) -> None:
         self.state = DRAINING
@@ -204,8 +202,8 @@ class PrefillWorker(Worker):
         self.busy = True
         self._schedule(dt, self._end_step)
 
-    def _end_step(self, ev) -> None:
-        if ev._value != self.gen:
+    def _end_step(self, gen: int) -> None:
+        if gen != self.gen:
             return
         queue = self.queue
         done = []
@@ -395,8 +393,8 @@ class DecodeWorker(Worker):
         self.busy = True
         self._schedule(dt0 + (n - 1) * dt, self._end_run)
 
-    def _end_run(self, ev) -> None:
-        if ev._value != self.gen:
+    def _end_run(self, gen: int) -> None:
+        if gen != self.gen:
             return
         sim = self.sim
         metrics = sim.metrics

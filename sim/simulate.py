@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import simpy
 from simpy.core import NORMAL, URGENT
 
 from planner.errors import ConfigError
@@ -25,6 +24,7 @@ from planner.policies import Policy, make_policy
 from planner.types import DecisionRecord, PlannerConfig
 from scenario import Scenario
 from scenario.workload import LengthSampler, Requests, generate, make_rng
+from sim.clock import Clock
 from sim.connector import SimConnector
 from sim.engine import DEAD, Req, Worker
 from sim.prometheus import FrontendMetrics, ScrapeStore, SimMetricsSource
@@ -145,7 +145,7 @@ class Simulation:
         self.cfg = cfg
         self.options = options
         self.duration_s = float(scenario.duration_s)
-        self.env = simpy.Environment()
+        self.env = Clock()
         cluster = scenario.cluster
         self.prefill_budget = int(cluster.prefill.max_batch_tokens or options.prefill_budget_tokens)
         self.timing = EngineTiming(
@@ -231,11 +231,12 @@ class Simulation:
 
     def _transfer(self, req: Req, w) -> None:
         w.reserve(req)
-        ev = self.env.timeout(self.timing.kv_transfer_s(req.isl + req.generated), (req, w))
-        ev.callbacks.append(self._landed)
+        self.env.call_later(
+            self.timing.kv_transfer_s(req.isl + req.generated), self._landed, (req, w)
+        )
 
-    def _landed(self, ev) -> None:
-        req, w = ev._value
+    def _landed(self, req_w: tuple[Req, Worker]) -> None:
+        req, w = req_w
         if w.state == DEAD:
             w.inflight -= 1
             w.incoming -= 1
@@ -262,9 +263,7 @@ class Simulation:
 
     def _after_finish(self, req: Req) -> None:
         if self.closed is not None and not self.arrivals_done:
-            think = self.closed.think_time_s
-            ev = self.env.timeout(think, req.user)
-            ev.callbacks.append(self._user_next)
+            self.env.call_later(self.closed.think_time_s, self._user_next, req.user)
         elif self.arrivals_done and self.completed + self.failed == self.arrived:
             if not self.stop.triggered:
                 self.stop.succeed()
@@ -305,17 +304,26 @@ class Simulation:
 
     # -- processes -----------------------------------------------------------------
 
-    def _arrivals(self):
-        env = self.env
+    def _start_arrivals(self) -> None:
+        # One callback per distinct arrival time, each scheduling the next: the same events
+        # in the same order as a SimPy process that yields a timeout per gap (it was one).
         reqs = self.requests
-        arrival = reqs.arrival_s.tolist()
-        isl = reqs.isl.tolist()
-        osl = reqs.osl.tolist()
-        for i in range(len(arrival)):
+        self._arrival = reqs.arrival_s.tolist()
+        self._isl = reqs.isl.tolist()
+        self._osl = reqs.osl.tolist()
+        self.env.call_later(0, self._arrive, 0, URGENT)  # where the process would start
+
+    def _arrive(self, i: int) -> None:
+        arrival = self._arrival
+        n = len(arrival)
+        now = self.env._now
+        while i < n:
             t = arrival[i]
-            if t > env.now:
-                yield env.timeout(t - env.now)
-            self.admit(Req(i, t, isl[i], osl[i]))
+            if t > now:
+                self.env.call_later(t - now, self._arrive, i)
+                return
+            self.admit(Req(i, t, self._isl[i], self._osl[i]))
+            i += 1
 
     def _start_users(self) -> None:
         self.sampler = LengthSampler(
@@ -324,9 +332,9 @@ class Simulation:
         for user in range(self.closed.users):
             self._user_send(user)
 
-    def _user_next(self, ev) -> None:
+    def _user_next(self, user: int) -> None:
         if not self.arrivals_done:
-            self._user_send(ev._value)
+            self._user_send(user)
 
     def _user_send(self, user: int) -> None:
         isl, osl = self.sampler.sample(self.user_rng, self.env.now)
@@ -350,22 +358,12 @@ class Simulation:
     def _every(self, period_s: float, fn, priority: int) -> None:
         """Call fn(now) at k * period_s for k = 1, 2, ... (no accumulated rounding)."""
         env = self.env
-        state = {"k": 1}
 
-        def fire(ev) -> None:
+        def fire(k: int) -> None:
             fn(env.now)
-            state["k"] += 1
-            nxt = simpy.Event(env)
-            nxt._ok = True
-            nxt._value = None
-            nxt.callbacks.append(fire)
-            env.schedule(nxt, priority, state["k"] * period_s - env.now)
+            env.call_later((k + 1) * period_s - env.now, fire, k + 1, priority)
 
-        first = simpy.Event(env)
-        first._ok = True
-        first._value = None
-        first.callbacks.append(fire)
-        env.schedule(first, priority, period_s)
+        env.call_later(period_s, fire, 1, priority)
 
     def _scrape(self, now: float) -> None:
         queued = len(self.pending["prefill"]) + len(self.pending["decode"])
@@ -414,8 +412,7 @@ class Simulation:
         for fault in self.scenario.cluster.faults:
             self.fault_mode[fault.role] = fault.on_failure
             if fault.at_s is not None:
-                ev = self.env.timeout(fault.at_s, fault.role)
-                ev.callbacks.append(lambda ev: self.connector.kill_one(ev._value))
+                self.env.call_later(fault.at_s, self.connector.kill_one, fault.role)
             if fault.rate_per_hour:
                 self.env.process(self._fault_rate(fault.role, fault.rate_per_hour / 3600.0))
 
@@ -434,7 +431,7 @@ class Simulation:
         self.connector.start_initial()
         self._faults()
         if self.requests is not None:
-            env.process(self._arrivals())
+            self._start_arrivals()
         elif self.closed is not None:
             self._start_users()
         end_arr = env.timeout(self.duration_s)
