@@ -11,23 +11,19 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pandas as pd
-
-from live.driver import PlannerDriver, TimelineSampler, gpu_seconds
-from live.loadgen import LoadGenerator
-from live.prometheus import METRIC_SETS, PrometheusSource
-from planlab.results import REQUEST_COLUMNS, TIMELINE_COLUMNS, compute_summary, default_run_dir
-from planlab.results import write_run as write_results
 from planner import metrics as m
 from planner.errors import ConfigError
-from planner.loop import PlannerLoop
-from planner.policies import make_policy
-from planner.policies.base import validate_budget
 from planner.types import ReplicaState, RoleState
 from scenario import Scenario, load_scenario
+
+# The live stack (httpx, aiohttp, pandas) is imported by the functions that run live, so
+# that registering `planlab run`'s --live flags costs a plain run nothing.
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from live.prometheus import PrometheusSource
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +32,8 @@ RESULTS_ROOT = Path("results")
 
 def add_live_arguments(p: argparse.ArgumentParser) -> None:
     """The --live flags of `planlab run`."""
+    from live.prometheus import METRIC_SETS
+
     g = p.add_argument_group("live mode (--live)")
     g.add_argument("--live", action="store_true", help="drive a real or emulated cluster")
     g.add_argument(
@@ -99,6 +97,10 @@ class LiveOutcome:
 
 
 def _requests_frame(rows: list[dict]) -> pd.DataFrame:
+    import pandas as pd
+
+    from planlab.results import REQUEST_COLUMNS
+
     df = pd.DataFrame(rows, columns=list(REQUEST_COLUMNS))
     return df.sort_values("id", kind="stable").reset_index(drop=True)
 
@@ -125,6 +127,16 @@ async def run_live_scenario(
     """Stream `requests` (scenario.workload.Requests) to the frontend in real time, run the
     planner every planner.interval against Prometheus and the connector, sample the
     connector every scrape interval. Returns the frames; writes nothing."""
+    import numpy as np
+    import pandas as pd
+
+    from live.driver import PlannerDriver, TimelineSampler, gpu_seconds
+    from live.loadgen import LoadGenerator
+    from live.prometheus import METRIC_SETS, PrometheusSource
+    from planlab.results import TIMELINE_COLUMNS, compute_summary
+    from planner.loop import PlannerLoop
+    from planner.policies import make_policy
+
     cfg = scenario.planner_config()
     planner = PlannerLoop(make_policy(cfg, profile), cfg)
     names, label = METRIC_SETS[target.metric_names]
@@ -304,6 +316,9 @@ def check_live_args(args: argparse.Namespace) -> None:
 def run_live(args: argparse.Namespace, overrides: dict[str, str] | None = None) -> LiveOutcome:
     """The `--live` branch of `planlab run`: validate, run, write results/<run>/."""
     from planlab.profiles import resolve_model
+    from planlab.results import default_run_dir
+    from planlab.results import write_run as write_results
+    from planner.policies.base import validate_budget
     from scenario.workload import generate
 
     check_live_args(args)

@@ -7,10 +7,7 @@ import asyncio
 import signal
 import sys
 
-from live.emulator import start_emulated_cluster
-from planlab.profiles import resolve_model
 from planner.errors import ConfigError
-from scenario import AnalyticSpec, ModelSpec, load_scenario
 
 EXAMPLES = """examples:
   # the embedded analytic profile, 1 prefill + 1 decode worker, Prometheus on 9090
@@ -80,6 +77,9 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from planlab.profiles import resolve_model
+    from scenario import AnalyticSpec, ModelSpec, load_scenario
+
     _check(args)
     if args.scenario:
         scenario = load_scenario(args.scenario)
@@ -98,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace, source, profile) -> None:
+    from live.emulator import start_emulated_cluster  # aiohttp: only when it serves
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
