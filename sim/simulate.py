@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -74,56 +75,74 @@ class SimResult:
     workers: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _bytes(a: np.ndarray, dtype) -> memoryview:
+    return memoryview(np.ascontiguousarray(a, dtype)).cast("B")
+
+
 class _RequestLog:
-    """Per-request outcome columns, preallocated (grown by doubling for the closed loop)."""
+    """Per-request columns: the inputs (arrival, ISL, OSL) and the outcome, handed out as
+    numpy arrays at the end. Outcomes are written in place during the run into array.array
+    columns (8 bytes an entry; a store costs a third of a numpy scalar store); the closed
+    loop appends a row per request it makes."""
 
-    FLOAT = ("arrival_s", "first_token_s", "finish_s")
-    INT = (
-        "isl",
-        "osl",
-        "prefill_worker",
-        "decode_worker",
-        "status",
-        "preemptions",
-        "retries",
-        "error",
-    )
+    FLOAT = ("first_token_s", "finish_s")
+    INT = ("prefill_worker", "decode_worker", "status", "preemptions", "retries", "error")
 
-    def __init__(self, capacity: int):
-        self.n = 0
-        self.cols: dict[str, np.ndarray] = {}
+    def __init__(self, requests: Requests | None):
+        if requests is not None:
+            n = len(requests)
+        self.arrival_s, self.isl, self.osl = array("d"), array("q"), array("q")
+        if requests is not None:
+            n = len(requests)
+            self.arrival_s.frombytes(_bytes(requests.arrival_s, np.float64))
+            self.isl.frombytes(_bytes(requests.isl, np.int64))
+            self.osl.frombytes(_bytes(requests.osl, np.int64))
+        else:
+            n = 0
+        self.n = n
+        nan = array("d", [math.nan])
+        self.first_token_s = nan * n
+        self.finish_s = nan * n
+        self.prefill_worker = array("q", [-1]) * n
+        self.decode_worker = array("q", [-1]) * n
+        self.status = array("q", [0]) * n
+        self.preemptions = array("q", [0]) * n
+        self.retries = array("q", [0]) * n
+        self.error = array("q", [0]) * n
+
+    def add(self, arrival_s: float, isl: int, osl: int) -> int:
+        """A new request of the closed loop; returns its index."""
+        self.arrival_s.append(arrival_s)
+        self.isl.append(isl)
+        self.osl.append(osl)
         for name in self.FLOAT:
-            self.cols[name] = np.full(capacity, np.nan)
+            getattr(self, name).append(math.nan)
         for name in self.INT:
-            self.cols[name] = np.full(capacity, -1 if "worker" in name else 0, dtype=np.int64)
-
-    def ensure(self, n: int) -> None:
-        cap = len(self.cols["arrival_s"])
-        if n <= cap:
-            return
-        new = max(n, 2 * cap, 1024)
-        for name, arr in self.cols.items():
-            fill = np.nan if name in self.FLOAT else (-1 if "worker" in name else 0)
-            grown = np.full(new, fill, dtype=arr.dtype)
-            grown[:cap] = arr
-            self.cols[name] = grown
+            getattr(self, name).append(-1 if name.endswith("worker") else 0)
+        self.n += 1
+        return self.n - 1
 
     def finish(self, req: Req, status: int, now: float, error: int = 0) -> None:
-        c = self.cols
         i = req.idx
-        c["status"][i] = status
+        self.status[i] = status
         if error:
-            c["error"][i] = error
-        c["finish_s"][i] = now
+            self.error[i] = error
+        self.finish_s[i] = now
         if req.first_token_s >= 0:
-            c["first_token_s"][i] = req.first_token_s
-        c["prefill_worker"][i] = req.prefill_worker
-        c["decode_worker"][i] = req.decode_worker
-        c["preemptions"][i] = req.preemptions
-        c["retries"][i] = req.retries
+            self.first_token_s[i] = req.first_token_s
+        self.prefill_worker[i] = req.prefill_worker
+        self.decode_worker[i] = req.decode_worker
+        self.preemptions[i] = req.preemptions
+        self.retries[i] = req.retries
 
     def table(self) -> dict[str, np.ndarray]:
-        return {k: v[: self.n] for k, v in self.cols.items()}
+        names = ("arrival_s",) + self.FLOAT + ("isl", "osl") + self.INT
+        return {
+            name: np.frombuffer(
+                getattr(self, name), np.float64 if name.endswith("_s") else np.int64
+            )
+            for name in names
+        }
 
 
 class Simulation:
@@ -178,12 +197,7 @@ class Simulation:
 
         self.requests = requests
         self.closed = scenario.workload.closed_loop if requests is None else None
-        self.log = _RequestLog(len(requests) if requests is not None else 1024)
-        if requests is not None:
-            self.log.n = len(requests)
-            self.log.cols["arrival_s"][:] = requests.arrival_s
-            self.log.cols["isl"][:] = requests.isl
-            self.log.cols["osl"][:] = requests.osl
+        self.log = _RequestLog(requests)
         self.user_rng = make_rng(seed + 3)
 
         self.pending = {"prefill": deque(), "decode": deque()}  # no worker ready
@@ -338,15 +352,8 @@ class Simulation:
 
     def _user_send(self, user: int) -> None:
         isl, osl = self.sampler.sample(self.user_rng, self.env.now)
-        i = self.log.n
-        self.log.ensure(i + 1)
-        self.log.n = i + 1
-        c = self.log.cols
         now = self.env.now
-        c["arrival_s"][i] = now
-        c["isl"][i] = isl
-        c["osl"][i] = osl
-        req = Req(i, now, isl, osl)
+        req = Req(self.log.add(now, isl, osl), now, isl, osl)
         req.user = user
         self.admit(req)
 
