@@ -2,9 +2,9 @@
 
 Engine steps, KV transfers, scrapes and ticks are plain "call fn(arg) at now + delay"
 events that no process ever waits on. `call_later` puts them on SimPy's own event queue as
-(time, priority, eid, fn, arg) entries, next to SimPy's (time, priority, eid, event)
-entries, so they draw their ids from the same counter and run in exactly the order a
-Timeout with that callback would: by time, then priority, then the order they were made.
+(time, priority, eid, fn, arg) entries (SimPy's own events become (..., process, event)),
+so they draw their ids from the same counter and run in exactly the order a Timeout with
+that callback would: by time, then priority, then the order they were made.
 What it saves is the Timeout object, its callback list and SimPy's per-event dispatch
 (about a third of the simulator's time went there). Processes, Events and Timeouts work
 as in SimPy; `run` and `step` handle both kinds of entry.
@@ -33,16 +33,17 @@ class Clock(simpy.Environment):
             raise ValueError(f"negative delay {delay_s}")
         heappush(self._queue, (self._now + delay_s, priority, next(self._eid), fn, arg))
 
+    def schedule(self, event: Event, priority: EventPriority = NORMAL, delay: float = 0) -> None:
+        """SimPy's schedule, with the event's processing as the entry's call."""
+        heappush(self._queue, (self._now + delay, priority, next(self._eid), self._process, event))
+
     def step(self) -> None:
         try:
             entry = heappop(self._queue)
         except IndexError:
             raise EmptySchedule from None
         self._now = entry[0]
-        if len(entry) == 5:
-            entry[3](entry[4])
-        else:
-            self._process(entry[3])
+        entry[3](entry[4])
 
     def _process(self, event: Event) -> None:
         """What simpy.Environment.step does with a popped event (simpy 4.1)."""
@@ -68,15 +69,10 @@ class Clock(simpy.Environment):
                 return until.value
             until.callbacks.append(StopSimulation.callback)
         queue = self._queue
-        process = self._process
         try:
             while queue:
-                entry = heappop(queue)
-                self._now = entry[0]
-                if len(entry) == 5:
-                    entry[3](entry[4])
-                else:
-                    process(entry[3])
+                self._now, _, _, fn, arg = heappop(queue)
+                fn(arg)
         except StopSimulation as exc:
             return exc.args[0]
         if until is not None:

@@ -380,12 +380,16 @@ class DecodeWorker(Worker):
             n = room
         if n > self.max_skip_steps:
             n = self.max_skip_steps
-        step_s = self.timing.decode_step_s
-        dt = step_s(b, kv, kv / b)
-        if n * dt > self.max_skip_s:
-            n = max(1, int(self.max_skip_s / dt))
+        timing = self.timing
+        step_s = timing.decode_step_s
+        max_skip_s = self.max_skip_s
+        # The run's step time is the one at its midpoint (KV grows by b tokens a step); the
+        # step time now only caps n at max_skip_s, so skip it when a bound already does.
+        if n <= 1 or n * timing.decode_step_bound_s(kv) > max_skip_s:
+            dt = step_s(b, kv, kv / b)
+            if n * dt > max_skip_s:
+                n = max(1, int(max_skip_s / dt))
         if n > 1:
-            # the step time at the run's midpoint: KV grows by b tokens a step
             mid = kv + b * (n - 1) * 0.5
             dt = step_s(b, mid, mid / b)
         dt0 = dt

@@ -83,6 +83,10 @@ class EngineTiming:
         itl_ms = np.asarray(profile.decode_itl_ms_at(kk.ravel(), cc.ravel()), dtype=np.float64)
         itl_s = np.maximum(itl_ms.reshape(kk.shape), 1e-6) / 1000.0
         self._itl_flat: list[float] = itl_s.ravel().tolist()  # row i, column j at i * _CTX_GRID + j
+        # decode_step_s interpolates between KV rows i and i + 1: their largest value bounds
+        # it (the margin covers the interpolation's rounding, a few ulp).
+        rows = itl_s.max(axis=1)
+        self._kv_bound_s: list[float] = (np.maximum(rows[:-1], rows[1:]) * (1 + 1e-9)).tolist()
 
     def prefill_step_s(self, batch_tokens: int) -> float:
         """A prefill step over one prompt of batch_tokens tokens: the profile's TTFT."""
@@ -136,6 +140,16 @@ class EngineTiming:
         b0 = itl[k]
         b = b0 + (itl[k + 1] - b0) * fy
         return a + (b - a) * fx
+
+    def decode_step_bound_s(self, kv_tokens_in_use: float) -> float:
+        """An upper bound of decode_step_s at this KV usage, whatever the batch and context
+        (cheaper than the step time itself: the simulator's skip-ahead checks against it)."""
+        i = int(kv_tokens_in_use / self.max_kv_tokens * _KV_LAST)
+        if i < 0:
+            i = 0
+        elif i >= _KV_LAST:
+            i = _KV_LAST - 1
+        return self._kv_bound_s[i]
 
     def kv_transfer_s(self, isl: int) -> float:
         """Moving isl tokens of KV from a prefill to a decode worker."""
