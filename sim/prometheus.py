@@ -174,6 +174,11 @@ class ScrapeStore:
 
     def __init__(self, capacity: int = 1024):
         self.bucket_cols, self.cols, self.width = _layout()
+        self._status_cols = [(s, self.cols[f"{M.REQUESTS_TOTAL}{{status={s}}}"]) for s in STATUSES]
+        self._hist_cols = {
+            name: (sl, self.cols[f"{name}_sum"], self.cols[f"{name}_count"])
+            for name, sl in self.bucket_cols.items()
+        }
         capacity = max(2, int(capacity))
         self._t_ms = np.zeros(capacity, dtype=np.int64)
         self._values = np.zeros((capacity, self.width), dtype=np.float64)
@@ -206,13 +211,15 @@ class ScrapeStore:
             self._values = values
         row = self._values[self.n]
         cols = self.cols
-        for status in STATUSES:
-            row[cols[f"{M.REQUESTS_TOTAL}{{status={status}}}"]] = metrics.requests[status]
+        for status, col in self._status_cols:
+            row[col] = metrics.requests[status]
         row[cols[M.OUTPUT_TOKENS_TOTAL]] = metrics.output_tokens
+        hist_cols = self._hist_cols
         for name, h in metrics.histograms.items():
-            row[self.bucket_cols[name]] = list(accumulate(h.counts))
-            row[cols[f"{name}_sum"]] = h.sum
-            row[cols[f"{name}_count"]] = h.count
+            buckets, sum_col, count_col = hist_cols[name]
+            row[buckets] = list(accumulate(h.counts))
+            row[sum_col] = h.sum
+            row[count_col] = h.count
         row[cols[M.INFLIGHT]] = metrics.inflight
         row[cols[M.QUEUED]] = metrics.queued
         self._t_ms[self.n] = t_ms
