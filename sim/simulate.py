@@ -177,7 +177,9 @@ class Simulation:
         self.max_skip_steps = options.max_skip_steps
         self.max_skip_s = options.max_skip_s
         self.metrics = FrontendMetrics()
-        self.store = ScrapeStore()
+        # Every scrape the run can make, so the matrix is never copied to grow.
+        scrapes = (self.duration_s + options.drain_limit_s) / scenario.prometheus.scrape_interval_s
+        self.store = ScrapeStore(capacity=int(scrapes) + 2)
         self.source = SimMetricsSource(self.store)
         if cluster.router not in ROUTERS:
             raise ConfigError(
@@ -321,10 +323,11 @@ class Simulation:
     def _start_arrivals(self) -> None:
         # One callback per distinct arrival time, each scheduling the next: the same events
         # in the same order as a SimPy process that yields a timeout per gap (it was one).
-        reqs = self.requests
-        self._arrival = reqs.arrival_s.tolist()
-        self._isl = reqs.isl.tolist()
-        self._osl = reqs.osl.tolist()
+        # The log's array.array columns, not lists: a million Python floats and ints would
+        # be 80 MB more (an element becomes a Python number only when it is read).
+        self._arrival = self.log.arrival_s
+        self._isl = self.log.isl
+        self._osl = self.log.osl
         self.env.call_later(0, self._arrive, 0, URGENT)  # where the process would start
 
     def _arrive(self, i: int) -> None:
