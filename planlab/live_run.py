@@ -5,7 +5,6 @@ connector; writes the same results directory as a simulated run."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -127,6 +126,8 @@ async def run_live_scenario(
     """Stream `requests` (scenario.workload.Requests) to the frontend in real time, run the
     planner every planner.interval against Prometheus and the connector, sample the
     connector every scrape interval. Returns the frames; writes nothing."""
+    import asyncio
+
     import numpy as np
     import pandas as pd
 
@@ -315,6 +316,8 @@ def check_live_args(args: argparse.Namespace) -> None:
 
 def run_live(args: argparse.Namespace, overrides: dict[str, str] | None = None) -> LiveOutcome:
     """The `--live` branch of `planlab run`: validate, run, write results/<run>/."""
+    import asyncio
+
     from planlab.profiles import resolve_model
     from planlab.results import default_run_dir
     from planlab.results import write_run as write_results

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import signal
 import sys
 
@@ -77,6 +76,8 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import asyncio
+
     from planlab.profiles import resolve_model
     from scenario import AnalyticSpec, ModelSpec, load_scenario
 
@@ -98,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace, source, profile) -> None:
+    import asyncio
+
     from live.emulator import start_emulated_cluster  # aiohttp: only when it serves
 
     stop = asyncio.Event()
