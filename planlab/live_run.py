@@ -45,7 +45,8 @@ def add_live_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--stack",
         metavar="NAME",
-        help="with --live: start a real serving stack on this machine (dynamo) and scale it",
+        help="with --live: start a real serving stack on this machine (live.stacks.NAME: "
+        "dynamo, vllm) and scale it",
     )
     g.add_argument(
         "--stack-startup",
@@ -68,11 +69,6 @@ def add_live_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--decode-deployment", metavar="NAME", help="decode Deployment (or service)")
     g.add_argument("--dgd", metavar="NAME", help="scale a DynamoGraphDeployment of this name")
     g.add_argument("--advisory", action="store_true", help="decide and record, never scale")
-    g.add_argument(
-        "--stack",
-        metavar="NAME",
-        help="with --live: start a real serving stack on this machine (live.stacks.NAME: vllm)",
-    )
 
 
 class StaticConnector:
