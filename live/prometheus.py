@@ -30,11 +30,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-import httpx
+from typing import TYPE_CHECKING
 
 from planner import metrics as m
 from planner.observation import HistogramDelta, WindowStats
+
+if TYPE_CHECKING:
+    import httpx  # imported where a client is made: METRIC_SETS alone costs nothing
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +51,12 @@ VLLM_NAMES: dict[str, str] = {
     m.REQUEST_DURATION: "vllm:e2e_request_latency_seconds",
     m.ISL: "vllm:request_prompt_tokens",
     m.OSL: "vllm:request_generation_tokens",
-    m.INFLIGHT: "vllm:num_requests_running",
+    # In flight in Dynamo's sense (admitted, not finished): vLLM's running gauge is only
+    # the batch, so add the queue. A gauge name may be "a + b" (each summed, then added).
+    m.INFLIGHT: "vllm:num_requests_running + vllm:num_requests_waiting",
     m.QUEUED: "vllm:num_requests_waiting",
     m.OUTPUT_TOKENS_TOTAL: "vllm:generation_tokens_total",
 }
-VLLM_OLD_ITL = "vllm:time_per_output_token_seconds"
 VLLM_MODEL_LABEL = "model_name"
 
 METRIC_SETS: dict[str, tuple[dict[str, str], str]] = {
@@ -128,6 +131,8 @@ class PrometheusSource:
         self.backoff_s = backoff_s
         self._bearer_token = bearer_token
         self._bearer_token_file = Path(bearer_token_file) if bearer_token_file else None
+        import httpx
+
         verify: bool | str = str(ca_file) if ca_file else verify_tls
         self._client = httpx.Client(timeout=timeout_s, verify=verify, transport=transport)
 
@@ -142,6 +147,8 @@ class PrometheusSource:
 
     def query(self, promql: str, t_s: float) -> _Result:
         """One instant query at t_s; retries connection errors, timeouts and 5xx."""
+        import httpx
+
         params = {"query": promql, "time": f"{t_s:.3f}"}
         last: str = ""
         for attempt in range(self.retries + 1):
@@ -202,7 +209,7 @@ class PrometheusSource:
 
     def _liveness(self, t_s: float) -> str | None:
         """None when the target is alive at t_s; otherwise why not, in words."""
-        series = [self.names[k] for k in (*m.COUNTERS, *m.GAUGES)]
+        series = [n for k in (*m.COUNTERS, *m.GAUGES) for n in self.names[k].split(" + ")]
         series += [f"{self.names[k]}_count" for k in m.HISTOGRAMS]
         if self.job is not None:
             up = self.query(f'max(up{{job="{_prom_escape(self.job)}"}})', t_s).scalar()
@@ -289,9 +296,13 @@ class PrometheusSource:
             count=count,
         )
 
+    def _sum(self, name: str) -> str:
+        """`sum(X{model})`, or `sum(a{model}) + sum(b{model})` for a name "a + b"."""
+        return " + ".join(f"sum({part}{self._sel()})" for part in name.split(" + "))
+
     def _gauge(self, key: str, t_s: float, requests: float | None, errors: list[str]):
         name = self.names[key]
-        value = self.query(f"sum({name}{self._sel()})", t_s).scalar()
+        value = self.query(self._sum(name), t_s).scalar()
         if value is None:
             if requests == 0:
                 return 0.0
@@ -305,7 +316,7 @@ class PrometheusSource:
     def current(self, key: str, t_s: float) -> float | None:
         """The value of a metric (planner.metrics name) at t_s, summed over its series:
         a counter's running total or a gauge. None when Prometheus has no such series."""
-        return self.query(f"sum({self.names[key]}{self._sel()})", t_s).scalar()
+        return self.query(self._sum(self.names[key]), t_s).scalar()
 
     # -- MetricsSource ------------------------------------------------------------------
 
