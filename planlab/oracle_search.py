@@ -9,9 +9,10 @@ The search, deterministic for given inputs and evaluation cap:
    fewest replicas whose SLA-feasible throughput covers each interval's actual demand) at a
    ladder of utilisations (1, 0.8, ... 0.3): the same known future with uniform headroom.
    The cheapest rung that meets the target is the incumbent.
-2. **Add** (when no rung meets it): one more replica of a role in the interval where the
-   misses (by arrival time) concentrate, the interval before it, or a wider window when
-   neither helps; the candidate that removes the most misses per GPU-hour is kept.
+2. **Add** (when no rung meets it): one more replica of a role around the intervals where
+   the misses (by arrival time) concentrate, the worst first, then the next ones, and a
+   wider window once all were tried; the candidate that removes the most misses per
+   GPU-hour is kept.
 3. **Remove.** One replica less over a run of intervals with the same count (then over one
    interval), largest saving first, for each role; each candidate that still meets the
    target is feasible; the feasible ones of a batch are tried together, else the cheapest
@@ -404,7 +405,9 @@ def search(
     stopped = "no move left"
 
     # 2. add capacity where misses concentrate, until the target is met
-    width = 1
+    # The worst intervals first, then the next ones; once every interval with misses was
+    # tried at a window width, the width doubles.
+    width, skip, blocked = 1, 0, False
     while not best.meets_target:
         if bound.room() == 0:
             stopped = bound.why()
@@ -412,9 +415,16 @@ def search(
         misses = np.asarray(best.misses, dtype=float)
         misses[0] = 0.0
         if misses.sum() <= 0 or width > len(misses):
-            stopped = "no move left within the budget"
+            stopped = "no added replica raised attainment" + (
+                " (the GPU budget or max replicas blocked some)" if blocked else ""
+            )
             break
-        worst = [int(j) for j in np.argsort(-misses, kind="stable")[:batch] if misses[j] > 0]
+        order = [int(j) for j in np.argsort(-misses, kind="stable") if misses[j] > 0]
+        if skip >= len(order):
+            width, skip = width * 2, 0
+            continue
+        worst = order[skip : skip + batch]
+        skip += batch
         moves = []
         for j in worst:
             js = range(max(1, j - width), min(len(misses), j + width))
@@ -424,8 +434,9 @@ def search(
                     cfg.max_replicas is None or max(cand.role(role)) <= cfg.max_replicas
                 ):
                     moves.append((f"+1 {role} in intervals {js.start}..{js.stop - 1}", cand))
+                else:
+                    blocked = True
         if not moves:
-            width *= 2
             continue
         evs = [e for e in evaluate_all("add", moves) if e is not None]
         gains = [
@@ -437,9 +448,8 @@ def search(
             if e.joint_attainment > best.joint_attainment
         ]
         if not gains:
-            width *= 2
             continue
-        width = 1
+        width, skip = 1, 0
         gains.sort(key=lambda g: -g[0])
         met = [e for _, e in gains if e.meets_target]
         best = min(met, key=lambda e: e.gpu_hours) if met else gains[0][1]
