@@ -333,12 +333,22 @@ class _Parser:
             "startup",
             "startup_jitter",
             "max_batch_tokens",
+            "max_num_batched_tokens",  # vLLM's and Dynamo's name for max_batch_tokens
             "max_num_seqs",
             "stuck_probability",
             "startup_timeout",
         )
         m = self.mapping({} if value is None else value, key, keys)
         d = RoleSpec()
+        batch_key = "max_batch_tokens"
+        if "max_num_batched_tokens" in m:
+            if "max_batch_tokens" in m:
+                raise self.fail(
+                    f"{key}.max_num_batched_tokens",
+                    m["max_num_batched_tokens"],
+                    "one of max_batch_tokens or its alias max_num_batched_tokens, not both",
+                )
+            batch_key = "max_num_batched_tokens"
         startup = self.duration(m.get("startup", d.startup_s), f"{key}.startup")
         jitter = self.duration(m.get("startup_jitter", d.startup_jitter_s), f"{key}.startup_jitter")
         if jitter > startup:
@@ -368,9 +378,7 @@ class _Parser:
             ),
             startup_s=startup,
             startup_jitter_s=jitter,
-            max_batch_tokens=self.optional_int(
-                m.get("max_batch_tokens"), f"{key}.max_batch_tokens", minimum=1
-            ),
+            max_batch_tokens=self.optional_int(m.get(batch_key), f"{key}.{batch_key}", minimum=1),
             max_num_seqs=self.optional_int(m.get("max_num_seqs"), f"{key}.max_num_seqs", minimum=1),
             stuck_probability=stuck,
             startup_timeout_s=timeout,

@@ -288,5 +288,8 @@ class Scenario:
             startup_decode_s=self.cluster.decode.startup_s,
             kv_bandwidth_gbps=self.cluster.kv_transfer.bandwidth_gbps,
             kv_latency_ms=self.cluster.kv_transfer.latency_ms,
+            prefill_max_batch_tokens=self.cluster.prefill.max_batch_tokens,
+            prefill_max_num_seqs=self.cluster.prefill.max_num_seqs,
+            decode_max_num_seqs=self.cluster.decode.max_num_seqs,
             options=tuple(sorted(p.options.items())),
         )
