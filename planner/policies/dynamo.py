@@ -77,7 +77,7 @@ class DynamoPolicy:
         self.max_batched_tokens = cfg.prefill_max_batch_tokens or S.DEFAULT_MAX_NUM_BATCHED_TOKENS
         self.prefill_max_seqs = cfg.prefill_max_num_seqs or S.DEFAULT_MAX_NUM_SEQS
         self.decode_max_seqs = cfg.decode_max_num_seqs or S.DEFAULT_MAX_NUM_SEQS
-        self.prefill_fit = S.fit_prefill(profile)
+        self.prefill_fit = S.fit_prefill(profile, self.max_batched_tokens)
         self.decode_fit = S.fit_decode(profile)
         popts = dict(cfg.predictor_options)
         self.num_req_predictor = make_predictor(cfg.predictor, **popts)

@@ -47,6 +47,7 @@ class LinearFit:
     intercept_s: float
     slopes_s: tuple[float, ...]
     samples: int
+    note: str = ""
 
     def wall_s(self, *x: float) -> float:
         # engine_query clips an estimate at zero (max(0.0, estimate_ms)).
@@ -59,7 +60,8 @@ class LinearFit:
             f"{s * unit_scale:.4g} ms x {name}"
             for s, name in zip(self.slopes_s, self.features, strict=True)
         )
-        return f"{self.intercept_s * unit_scale:.4g} ms + {terms} ({self.samples} profile points)"
+        note = f"; {self.note}" if self.note else ""
+        return f"{self.intercept_s * unit_scale:.4g} ms + {terms} ({self.samples} profile points{note})"
 
 
 def fit_nonnegative(x: np.ndarray, y: np.ndarray, features: tuple[str, ...]) -> LinearFit:
@@ -86,10 +88,32 @@ def fit_nonnegative(x: np.ndarray, y: np.ndarray, features: tuple[str, ...]) -> 
     return LinearFit(features, best[1], best[2], len(y))
 
 
-def fit_prefill(profile: PerfProfile) -> LinearFit:
-    """Per-iteration prefill time on scheduled tokens, one sample per profiled ISL."""
-    tokens = np.array([int(v) for v in profile.prefill_isl], dtype=np.float64)
-    return fit_nonnegative(tokens, profile.prefill_ttft_ms / 1000.0, ("prefill tokens",))
+def fit_prefill(profile: PerfProfile, max_batched_tokens: int | None = None) -> LinearFit:
+    """Per-iteration prefill time on scheduled tokens, one sample per profiled ISL (Dynamo
+    seeds its regression with every profile point).
+
+    One exception, stated in the fit's name: when that line gives a non-positive time at
+    the shortest profiled ISL (long-context points, quadratic attention, tilt it), the fit
+    is redone on the ISLs an engine runs in one iteration (at most max_batched_tokens).
+    Dynamo would report its model not ready there until its live tuning (forward-pass
+    metrics every 5 s, 64 samples kept) replaced the profile with real iterations, none
+    larger than max_num_batched_tokens; planlab has no live tuning and fits that domain."""
+    isl = np.array([int(v) for v in profile.prefill_isl], dtype=np.float64)
+    ttft_s = profile.prefill_ttft_ms / 1000.0
+    fit = fit_nonnegative(isl, ttft_s, ("prefill tokens",))
+    if max_batched_tokens is not None and fit.wall_s(float(isl[0])) <= 0:
+        keep = isl <= max_batched_tokens
+        if int(keep.sum()) >= 2:
+            fit = fit_nonnegative(isl[keep], ttft_s[keep], ("prefill tokens",))
+            fit = LinearFit(
+                fit.features,
+                fit.intercept_s,
+                fit.slopes_s,
+                fit.samples,
+                note=f"refit on ISL <= {max_batched_tokens}: the all-points line is negative "
+                f"at ISL {isl[0]:.0f}",
+            )
+    return fit
 
 
 def fit_decode(profile: PerfProfile) -> LinearFit:

@@ -18,8 +18,9 @@ def test_decide_on_the_h200_profile_matches_dynamos_expectation(h200_profile_dir
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "decision: 2 prefill + 1 decode (3 GPUs)" in out
-    # the prefill formula with its numbers: 1200 x 3000 / 60 = 60,000 tok/s
-    assert "ceil(60000 / " in out
+    # Dynamo 1.6's arithmetic: 20 req/s over one prefill engine's rate at the best batch
+    assert "prefill = max(ceil(20.000 / " in out and "decode batch search" in out
+    assert "GPU budget 8" in out
 
 
 def test_decide_json_is_a_decision_record(capsys) -> None:
@@ -33,7 +34,7 @@ def test_decide_json_is_a_decision_record(capsys) -> None:
 
 
 def test_decide_with_observed_latencies_applies_correction(capsys) -> None:
-    base = "decide --num-req 1200 --isl 3000 --osl 150 --interval 60 --ttft 200 --itl 10 --json".split()
+    base = "decide --policy dynamo-legacy --num-req 1200 --isl 3000 --osl 150 --interval 60 --ttft 200 --itl 10 --json".split()
     assert main(base) == 0
     plain = json.loads(capsys.readouterr().out)
     # Observed ITL twice the profile's: the ITL target halves, so decode needs more.
