@@ -318,7 +318,11 @@ def fit_budget(
         )
         return p, d, None if (p, d) == (prop_p, prop_d) else "endpoint recovery under the budget"
     p, d = fit_directional(cur_p, cur_d, prop_p, prop_d, gp, gd, budget, min_p, min_d)
-    note = None if (p, d) == (prop_p, prop_d) else "fitted under the GPU ceiling"
+    note = None
+    if (p, d) == (cur_p, cur_d) != (prop_p, prop_d):
+        note = "at the GPU ceiling: hold"
+    elif (p, d) != (prop_p, prop_d):
+        note = "fitted under the GPU ceiling"
     total = cur_p * gp + cur_d * gd
     if total > budget:
         rp, rd = proportional_clamp(cur_p, cur_d, gp, gd, budget, min_p, min_d)
