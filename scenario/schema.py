@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from planner.errors import ConfigError
+from planner.metrics import BUCKET_SETS
 from scenario.types import (
     AnalyticSpec,
     ArrivalSpec,
@@ -576,7 +577,12 @@ class _Parser:
             "prometheus",
         )
         m = self.mapping(data, "", keys, ("duration", "model", "workload"))
-        prom = self.mapping(m.get("prometheus") or {}, "prometheus", ("scrape_interval",))
+        prom = self.mapping(m.get("prometheus") or {}, "prometheus", ("scrape_interval", "buckets"))
+        buckets = prom.get("buckets", PrometheusSpec.buckets)
+        if buckets not in BUCKET_SETS:
+            raise self.fail(
+                "prometheus.buckets", buckets, f"one of {', '.join(sorted(BUCKET_SETS))}"
+            )
         default_name = Path(self.source).stem or "scenario"
         scenario = Scenario(
             name=self.string(m.get("name", default_name), "name"),
@@ -590,7 +596,8 @@ class _Parser:
             prometheus=PrometheusSpec(
                 scrape_interval_s=self.duration(
                     prom.get("scrape_interval", 5.0), "prometheus.scrape_interval", positive=True
-                )
+                ),
+                buckets=buckets,
             ),
             source=Path(self.source),
         )
@@ -899,5 +906,8 @@ def scenario_to_dict(scenario: Scenario) -> dict[str, Any]:
             "target_attainment": s.sla.target_attainment,
         },
         "planner": planner,
-        "prometheus": {"scrape_interval": s.prometheus.scrape_interval_s},
+        "prometheus": {
+            "scrape_interval": s.prometheus.scrape_interval_s,
+            "buckets": s.prometheus.buckets,
+        },
     }

@@ -253,6 +253,9 @@ class PlannerSpec:
 @dataclass(frozen=True)
 class PrometheusSpec:
     scrape_interval_s: float = 5.0
+    # Histogram bucket layout of the frontend metrics (planner.metrics.BUCKET_SETS): dynamo
+    # (Dynamo 1.6's coarse defaults), vllm (vLLM's), fine (planlab's 40-48 log buckets).
+    buckets: str = "dynamo"
 
 
 @dataclass(frozen=True)

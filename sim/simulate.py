@@ -21,6 +21,7 @@ from simpy.core import NORMAL, URGENT
 
 from planner.errors import ConfigError
 from planner.loop import PlannerLoop
+from planner.metrics import BUCKET_SETS
 from planner.policies import Policy, make_policy
 from planner.types import DecisionRecord, PlannerConfig
 from scenario import Scenario
@@ -157,8 +158,9 @@ class Simulation:
         )
         self.max_skip_steps = options.max_skip_steps
         self.max_skip_s = options.max_skip_s
-        self.metrics = FrontendMetrics()
-        self.store = ScrapeStore()
+        buckets = BUCKET_SETS[scenario.prometheus.buckets]
+        self.metrics = FrontendMetrics(buckets)
+        self.store = ScrapeStore(buckets=buckets)
         self.source = SimMetricsSource(self.store)
         if cluster.router not in ROUTERS:
             raise ConfigError(
@@ -374,6 +376,7 @@ class Simulation:
                 queued += len(w.queue) if w.role == "prefill" else len(w.waiting)
         m = self.metrics
         m.inflight = self.arrived - self.completed - self.failed
+        m.requests_started = self.arrived
         m.queued = queued
         self.store.scrape(now, m)
         scrape_s = self.scenario.prometheus.scrape_interval_s
