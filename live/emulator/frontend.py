@@ -58,10 +58,20 @@ class FrontendMetrics:
             ["model", "request_type", "status"],
             registry=r,
         )
+        # Admitted requests, counted as the handler starts (Dynamo 1.6's demand signal).
+        self.started = Counter(
+            _strip(m.REQUESTS_STARTED_TOTAL, "_total"),
+            "Requests started",
+            ["model", "request_type"],
+            registry=r,
+        )
         self.output_tokens = Counter(
             _strip(m.OUTPUT_TOKENS_TOTAL, "_total"), "Output tokens", ["model"], registry=r
         ).labels(model=model)
         self.inflight = Gauge(m.INFLIGHT, "Requests in flight", ["model"], registry=r).labels(
+            model=model
+        )
+        self.active = Gauge(m.ACTIVE, "Requests being handled", ["model"], registry=r).labels(
             model=model
         )
         self.queued = Gauge(m.QUEUED, "Requests waiting to start", ["model"], registry=r).labels(
@@ -69,6 +79,7 @@ class FrontendMetrics:
         )
         if cluster is not None:
             self.inflight.set_function(lambda: cluster.inflight)
+            self.active.set_function(lambda: cluster.inflight)
             self.queued.set_function(cluster.queued)
 
     def count(self, request_type: str, status: str) -> None:
@@ -220,6 +231,7 @@ class Frontend:
             return self._error(400, str(exc), request_type)
         model = body.get("model") or self.model
         start = time.perf_counter()
+        self.metrics.started.labels(model=self.metrics.model, request_type=request_type).inc()
         self.metrics.isl.observe(isl)
         job = await self.cluster.submit(isl, osl)
         status = "error"
