@@ -72,6 +72,7 @@ ORACLE = "oracle"
 POLICY_COLORS = {
     "static": "tab:gray",
     "dynamo": "tab:blue",
+    "dynamo-legacy": "tab:cyan",
     "threshold": "tab:orange",
     "slaplan": "tab:green",
     "oracle": "tab:purple",
