@@ -764,13 +764,17 @@ class SlaPlanPolicy:
         toward it by an EMA in log space, bounded per tick and overall."""
         a = self.opt["correction_alpha"]
         isl = obs.isl_mean
-        # Where the TTFT histogram has a bound near the median (near p90), the fit matches
-        # the model's miss share at that bound, which the histogram counts exactly; the
-        # interpolated quantile is only a fallback. Production buckets are coarse (Dynamo's
-        # are 2.2x wide: .1, .22, .47 s), and a quantile interpolated linearly inside one is
-        # off by up to half a bucket, which the fit would read as a slower prefill.
+        # The fit matches the model's miss share at a histogram bound, which the histogram
+        # counts exactly, not at an interpolated quantile. Production buckets are coarse
+        # (Dynamo's are 2.2x wide: .1, .22, .47 s) and a quantile interpolated linearly inside
+        # one is off by up to half a bucket. The median: the bound nearest it (the
+        # interpolated p50 when none lies in 0.2-0.8). The burstiness: only a bound near p90
+        # (share 0.85-0.97) is evidence; without one it stays (a body point or a tail
+        # quantile drawn through a wide bucket read as burstiness cost 40% more GPUs).
         mid_ms, mid_miss = _cdf_point(obs.ttft_cdf_ms, 0.5, 0.2, 0.8) or (obs.ttft_p50_ms, 0.5)
-        tail_ms, tail_miss = _cdf_point(obs.ttft_cdf_ms, 0.9, 0.75, 0.98) or (obs.ttft_p90_ms, 0.1)
+        tail = _cdf_point(obs.ttft_cdf_ms, 0.9, 0.85, 0.97)
+        if tail is None and obs.ttft_cdf_ms is None:
+            tail = (obs.ttft_p90_ms, 0.1)
         fit_p = _solve_increasing(
             lambda v: self._with(p_corr=v, tail_stretch=1.0).prefill_miss(
                 replicas, rate, isl, mid_ms
@@ -780,15 +784,18 @@ class SlaPlanPolicy:
             self.opt["correction_max"],
         )
         new_p = _ema_log(self.p_corr, fit_p, a, max_step=1.2)
-        fit_c = _solve_increasing(
-            lambda v: self._with(p_corr=new_p, arrival_cv2=v, tail_stretch=1.0).prefill_miss(
-                replicas, rate, isl, tail_ms
-            ),
-            tail_miss,
-            0.25,
-            self.opt["max_arrival_cv2"],
-        )
-        new_c = _ema_log(self.arrival_cv2, fit_c, a, max_step=2.0)
+        new_c = self.arrival_cv2
+        if tail is not None:
+            tail_ms, tail_miss = tail
+            fit_c = _solve_increasing(
+                lambda v: self._with(p_corr=new_p, arrival_cv2=v, tail_stretch=1.0).prefill_miss(
+                    replicas, rate, isl, tail_ms
+                ),
+                tail_miss,
+                0.25,
+                self.opt["max_arrival_cv2"],
+            )
+            new_c = _ema_log(self.arrival_cv2, fit_c, a, max_step=2.0)
         lines.append(
             f"TTFT p50/p90 observed {obs.ttft_p50_ms:.0f}/{obs.ttft_p90_ms:.0f} ms on {replicas} "
             f"replicas: prefill speed x{self.p_corr:.2f} -> x{new_p:.2f}, arrival burstiness "
