@@ -19,7 +19,13 @@ import pandas as pd
 from live.driver import PlannerDriver, TimelineSampler, gpu_seconds
 from live.loadgen import LoadGenerator
 from live.prometheus import METRIC_SETS, PrometheusSource
-from planlab.results import REQUEST_COLUMNS, TIMELINE_COLUMNS, compute_summary, default_run_dir
+from planlab.results import (
+    REQUEST_COLUMNS,
+    TIMELINE_COLUMNS,
+    check_out_dir,
+    compute_summary,
+    default_run_dir,
+)
 from planlab.results import write_run as write_results
 from planner import metrics as m
 from planner.errors import ConfigError
@@ -42,6 +48,18 @@ def add_live_arguments(p: argparse.ArgumentParser) -> None:
         "--emulate",
         action="store_true",
         help="with --live: start the local emulated cluster and a real Prometheus",
+    )
+    g.add_argument(
+        "--stack",
+        metavar="NAME",
+        help="with --live: start a real serving stack on this machine (dynamo) and scale it",
+    )
+    g.add_argument(
+        "--stack-startup",
+        choices=("mocker", "hidden"),
+        default=None,
+        help="--stack dynamo: mocker = the mocker's --startup-time, routed to while it starts "
+        "(default); hidden = start it after the startup, as the simulator assumes",
     )
     g.add_argument("--frontend", metavar="URL", help="OpenAI-compatible frontend base URL")
     g.add_argument("--prometheus", metavar="URL", help="Prometheus base URL")
@@ -87,6 +105,7 @@ class LiveTarget:
     model: str | None
     metric_names: str = "dynamo"
     emulated: bool = False
+    stack: str | None = None
 
 
 @dataclass(frozen=True)
@@ -124,7 +143,10 @@ async def run_live_scenario(
 ) -> LiveOutcome:
     """Stream `requests` (scenario.workload.Requests) to the frontend in real time, run the
     planner every planner.interval against Prometheus and the connector, sample the
-    connector every scrape interval. Returns the frames; writes nothing."""
+    connector every scrape interval. Returns the frames; writes nothing. An unreachable
+    frontend or Prometheus, or a frontend that does not serve the model, is a ConfigError
+    before the first request (preflight)."""
+    await preflight(target)
     cfg = scenario.planner_config()
     planner = PlannerLoop(make_policy(cfg, profile), cfg)
     names, label = METRIC_SETS[target.metric_names]
@@ -209,6 +231,7 @@ async def run_live_scenario(
         scenario_name=scenario.name,
         extra={
             "mode": "live-emulated" if target.emulated else "live",
+            "stack": target.stack,
             "seed": scenario.seed,
             "frontend": target.frontend_url,
             "prometheus": target.prometheus_url,
@@ -219,6 +242,51 @@ async def run_live_scenario(
         },
     )
     return LiveOutcome(None, summary, req, timeline, tuple(driver.records))
+
+
+async def preflight(target: LiveTarget, timeout_s: float = 5.0) -> None:
+    """Check that the frontend answers `GET /v1/models` (and lists target.model when one is
+    named) and that Prometheus answers its query API, before any request is sent."""
+    import httpx
+
+    frontend = target.frontend_url.rstrip("/")
+    prometheus = target.prometheus_url.rstrip("/")
+    async with httpx.AsyncClient(timeout=timeout_s, trust_env=False) as client:
+        models_url = f"{frontend}/v1/models"
+        try:
+            resp = await client.get(models_url)
+            resp.raise_for_status()
+            body = resp.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise ConfigError(
+                f"the frontend at {models_url} did not answer ({_error_text(exc)}); expected an "
+                "OpenAI-compatible server listing its models",
+                key="--frontend",
+            ) from None
+        served = [str(m.get("id")) for m in body.get("data", []) if isinstance(m, dict)]
+        if target.model is not None and served and target.model not in served:
+            raise ConfigError(
+                f"the frontend at {frontend} does not serve model {target.model!r}; it serves "
+                f"{', '.join(served)}",
+                key="--model",
+            )
+        query_url = f"{prometheus}/api/v1/query"
+        try:
+            resp = await client.get(query_url, params={"query": "1"})
+            resp.raise_for_status()
+            if resp.json().get("status") != "success":
+                raise ValueError(f"status {resp.json().get('status')!r}")
+        except (httpx.HTTPError, ValueError) as exc:
+            raise ConfigError(
+                f"Prometheus at {query_url} did not answer ({_error_text(exc)}); expected the "
+                "Prometheus HTTP API",
+                key="--prometheus",
+            ) from None
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]
 
 
 def _connector_from_args(args: argparse.Namespace, scenario: Scenario):
@@ -256,7 +324,40 @@ def _connector_from_args(args: argparse.Namespace, scenario: Scenario):
     return conn, args.advisory
 
 
+async def _stack_main(args, scenario: Scenario, profile, requests) -> LiveOutcome:
+    """`--stack NAME`: start live.stacks.NAME in a temporary directory, run, stop it. The
+    directory (the stack's logs) is removed after a run that ended, kept after a failure."""
+    import shutil
+    import tempfile
+
+    from live.stacks import load_stack
+
+    stack = load_stack(args.stack)
+    workdir = Path(tempfile.mkdtemp(prefix=f"planlab-{args.stack}-"))
+    options = {"startup": args.stack_startup} if getattr(args, "stack_startup", None) else {}
+    try:
+        with stack.start_stack(scenario, workdir, profile=profile, **options) as h:
+            target = LiveTarget(
+                frontend_url=h.frontend_url,
+                prometheus_url=h.prometheus_url,
+                connector=h.connector,
+                model=h.model,
+                metric_names=getattr(h, "metric_names", "dynamo"),
+                stack=args.stack,
+            )
+            outcome = await run_live_scenario(
+                scenario, target, profile=profile, requests=requests, advisory=args.advisory
+            )
+    except BaseException:
+        log.warning("the %s stack's logs are kept in %s", args.stack, workdir)
+        raise
+    shutil.rmtree(workdir, ignore_errors=True)
+    return outcome
+
+
 async def _live_main(args, scenario: Scenario, profile, requests) -> LiveOutcome:
+    if getattr(args, "stack", None):
+        return await _stack_main(args, scenario, profile, requests)
     if args.emulate:
         from live.emulator.launch import start_emulated_cluster
 
@@ -285,6 +386,25 @@ async def _live_main(args, scenario: Scenario, profile, requests) -> LiveOutcome
 
 
 def check_live_args(args: argparse.Namespace) -> None:
+    if getattr(args, "stack_startup", None) and not getattr(args, "stack", None):
+        raise ConfigError("only applies with --stack NAME", key="--stack-startup")
+    if getattr(args, "stack", None):
+        clash = [
+            f
+            for f in ("emulate", "frontend", "prometheus", "kube_namespace", "dgd")
+            if getattr(args, f)
+        ]
+        if clash:
+            raise ConfigError(
+                f"--stack starts its own frontend and workers; drop --{clash[0].replace('_', '-')}",
+                key="--stack",
+            )
+        from live.stacks import load_stack
+
+        check = getattr(load_stack(args.stack), "check_installed", None)
+        if check is not None:
+            check()
+        return
     if args.emulate:
         clash = [f for f in ("frontend", "prometheus", "kube_namespace", "dgd") if getattr(args, f)]
         if clash:
@@ -296,7 +416,8 @@ def check_live_args(args: argparse.Namespace) -> None:
     missing = [f"--{f}" for f in ("frontend", "prometheus") if not getattr(args, f)]
     if missing:
         raise ConfigError(
-            f"--live needs {' and '.join(missing)} (or --emulate for a local emulated cluster)",
+            f"--live needs {' and '.join(missing)} (or --emulate for a local emulated cluster, "
+            "or --stack dynamo)",
             key="--live",
         )
 
@@ -318,6 +439,9 @@ def run_live(args: argparse.Namespace, overrides: dict[str, str] | None = None) 
     cfg = scenario.planner_config()
     validate_budget(cfg)
     requests = generate(scenario.workload, scenario.duration_s, scenario.seed)
+    force = bool(getattr(args, "force", False))
+    if args.out:
+        check_out_dir(args.out, force=force)
     out_dir = (
         Path(args.out)
         if args.out
@@ -327,6 +451,13 @@ def run_live(args: argparse.Namespace, overrides: dict[str, str] | None = None) 
     # the emulator and Prometheus have stopped; nothing has been written yet.
     outcome = asyncio.run(_live_main(args, scenario, profile, requests))
     path = write_results(
-        out_dir, outcome.requests, outcome.timeline, outcome.records, outcome.summary, scenario
+        out_dir,
+        outcome.requests,
+        outcome.timeline,
+        outcome.records,
+        outcome.summary,
+        scenario,
+        replace=force,
+        unique=not args.out,
     )
     return LiveOutcome(path, outcome.summary, outcome.requests, outcome.timeline, outcome.records)

@@ -104,18 +104,22 @@ def load_config(path: str | Path) -> dict[str, Any]:
     """Read and validate the daemon config; returns the parsed parts (scenario, prometheus
     settings, connector settings, metrics address). ConfigError names file and key."""
     from scenario import parse_duration, parse_scenario
+    from scenario.schema import load_yaml, yaml_error_text
 
     path = Path(path)
     source = str(path)
     if not path.is_file():
         raise ConfigError("config file not found; expected a YAML file", source=source)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark is not None else ""
-        raise ConfigError(f"{where}invalid YAML", source=source) from None
+        raise ConfigError(yaml_error_text(exc), source=source) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"cannot read the file ({exc}); expected UTF-8 YAML", source=source
+        ) from None
     data = _mapping(data, source, "", TOP_KEYS)
+    data = dynamo_aliases(data, source)
     for key in ("model", "prometheus"):
         if key not in data:
             raise ConfigError("missing; expected a mapping", source=source, key=key)
@@ -206,6 +210,61 @@ def load_config(path: str | Path) -> dict[str, Any]:
         "emulator": emulator,
         "metrics": {"address": address, "port": port},
     }
+
+
+# Dynamo 1.6's planner config keys (dynamo/planner/config/planner_config.py in the
+# ai-dynamo 1.6.1 wheel) that mean what a planlab key means, accepted in the `planner:`
+# section so a Dynamo user's settings carry over: alias -> (planlab key path, transform).
+DYNAMO_ALIASES: dict[str, tuple[tuple[str, ...], Any]] = {
+    "throughput_adjustment_interval_seconds": (("planner", "interval"), None),
+    "adjustment_interval": (("planner", "interval"), None),  # Dynamo's flag before 1.6
+    "max_gpu_budget": (("planner", "max_gpu_budget"), None),
+    "min_endpoint": (("planner", "min_replicas"), None),
+    "load_predictor": (("planner", "predictor"), None),
+    "no_correction": (("planner", "correction"), "negate"),
+    "prefill_engine_num_gpu": (("cluster", "prefill", "gpus_per_replica"), None),
+    "decode_engine_num_gpu": (("cluster", "decode", "gpus_per_replica"), None),
+    "ttft_ms": (("sla", "ttft_ms"), None),
+    "itl_ms": (("sla", "itl_ms"), None),
+    "metric_pulling_prometheus_endpoint": (("prometheus", "url"), None),
+    "model_name": (("prometheus", "model"), None),
+}
+
+
+def dynamo_aliases(data: dict, source: str) -> dict:
+    """A copy of the config with Dynamo's key names in `planner:` moved to planlab's; the
+    same setting given under both names with different values is an error."""
+    planner = data.get("planner")
+    if not isinstance(planner, dict) or not any(k in DYNAMO_ALIASES for k in planner):
+        return data
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    out["planner"] = dict(planner)
+    for alias in [k for k in planner if k in DYNAMO_ALIASES]:
+        path, transform = DYNAMO_ALIASES[alias]
+        value = out["planner"].pop(alias)
+        if transform == "negate":
+            if not isinstance(value, bool):
+                raise _fail(source, f"planner.{alias}", value, "true or false")
+            value = not value
+        node = out
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = {}
+            elif not isinstance(child, dict):
+                raise _fail(source, ".".join(path[: i + 1]), child, "a mapping")
+            node[part] = child = dict(child)
+            node = child
+        leaf = path[-1]
+        if leaf in node and node[leaf] != value:
+            raise ConfigError(
+                f"Dynamo's name for {'.'.join(path)} (= {value!r}), which is also given as "
+                f"{node[leaf]!r}; expected one of the two",
+                source=source,
+                key=f"planner.{alias}",
+            )
+        node[leaf] = value
+    return out
 
 
 def build_daemon(cfg: dict[str, Any], args: argparse.Namespace):
