@@ -93,3 +93,16 @@ def test_engine_limits_reach_the_policy_under_either_name(tmp_path) -> None:
     )
     with pytest.raises(ConfigError, match="max_num_batched_tokens"):
         load_scenario(path, {"cluster.prefill.max_batch_tokens": 2048})
+
+
+def test_emulator_frontend_exports_started_and_active_with_dynamos_buckets() -> None:
+    pytest.importorskip("prometheus_client", reason="the emulator needs prometheus_client")
+    from live.emulator.frontend import FrontendMetrics as EmulatorMetrics
+
+    em = EmulatorMetrics("m")
+    em.started.labels(model="m", request_type="stream").inc()
+    em.active.set(3)
+    text = em.exposition().decode()
+    assert f'{M.REQUESTS_STARTED_TOTAL}{{model="m",request_type="stream"}} 1.0' in text
+    assert f'{M.ACTIVE}{{model="m"}} 3.0' in text
+    assert f'{M.TTFT}_bucket{{le="0.22",model="m"}} 0.0' in text
