@@ -39,11 +39,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-import httpx
+from typing import TYPE_CHECKING
 
 from planner import metrics as m
 from planner.observation import HistogramDelta, WindowStats
+
+if TYPE_CHECKING:
+    import httpx  # imported where a client is made: METRIC_SETS alone costs nothing
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +60,13 @@ VLLM_NAMES: dict[str, str] = {
     m.REQUEST_DURATION: "vllm:e2e_request_latency_seconds",
     m.ISL: "vllm:request_prompt_tokens",
     m.OSL: "vllm:request_generation_tokens",
-    m.INFLIGHT: "vllm:num_requests_running",
+    # In flight in Dynamo's sense (admitted, not finished): vLLM's running gauge is only
+    # the batch, so add the queue. A gauge name may be "a + b" (each summed, then added).
+    m.INFLIGHT: "vllm:num_requests_running + vllm:num_requests_waiting",
     m.QUEUED: "vllm:num_requests_waiting",
     m.OUTPUT_TOKENS_TOTAL: "vllm:generation_tokens_total",
     m.ACTIVE: "vllm:num_requests_running",
 }
-VLLM_OLD_ITL = "vllm:time_per_output_token_seconds"
 VLLM_MODEL_LABEL = "model_name"
 
 METRIC_SETS: dict[str, tuple[dict[str, str], str]] = {
@@ -136,13 +139,14 @@ class PrometheusSource:
         self.names.update(metric_names or {})
         # vLLM exports no admitted-requests counter; and its running gauge excludes waiting.
         self.has_started = self.names[m.REQUESTS_STARTED_TOTAL] == m.REQUESTS_STARTED_TOTAL
-        self.inflight_adds_queued = self.names[m.INFLIGHT] == VLLM_NAMES[m.INFLIGHT]
         self.staleness_s = staleness_s
         self.job = job
         self.retries = retries
         self.backoff_s = backoff_s
         self._bearer_token = bearer_token
         self._bearer_token_file = Path(bearer_token_file) if bearer_token_file else None
+        import httpx
+
         verify: bool | str = str(ca_file) if ca_file else verify_tls
         self._client = httpx.Client(timeout=timeout_s, verify=verify, transport=transport)
 
@@ -157,6 +161,8 @@ class PrometheusSource:
 
     def query(self, promql: str, t_s: float) -> _Result:
         """One instant query at t_s; retries connection errors, timeouts and 5xx."""
+        import httpx
+
         params = {"query": promql, "time": f"{t_s:.3f}"}
         last: str = ""
         for attempt in range(self.retries + 1):
@@ -220,9 +226,10 @@ class PrometheusSource:
     def _liveness(self, t_s: float) -> str | None:
         """None when the target is alive at t_s; otherwise why not, in words."""
         series = [
-            self.names[k]
+            n
             for k in (*m.COUNTERS, *m.GAUGES)
             if k != m.REQUESTS_STARTED_TOTAL or self.has_started
+            for n in self.names[k].split(" + ")
         ]
         series += [f"{self.names[k]}_count" for k in m.HISTOGRAMS]
         if self.job is not None:
@@ -317,9 +324,13 @@ class PrometheusSource:
             count=count,
         )
 
+    def _sum(self, name: str) -> str:
+        """`sum(X{model})`, or `sum(a{model}) + sum(b{model})` for a name "a + b"."""
+        return " + ".join(f"sum({part}{self._sel()})" for part in name.split(" + "))
+
     def _gauge(self, key: str, t_s: float, requests: float | None, errors: list[str]):
         name = self.names[key]
-        value = self.query(f"sum({name}{self._sel()})", t_s).scalar()
+        value = self.query(self._sum(name), t_s).scalar()
         if value is None:
             if requests == 0:
                 return 0.0
@@ -333,7 +344,7 @@ class PrometheusSource:
     def current(self, key: str, t_s: float) -> float | None:
         """The value of a metric (planner.metrics name) at t_s, summed over its series:
         a counter's running total or a gauge. None when Prometheus has no such series."""
-        return self.query(f"sum({self.names[key]}{self._sel()})", t_s).scalar()
+        return self.query(self._sum(self.names[key]), t_s).scalar()
 
     # -- MetricsSource ------------------------------------------------------------------
 
@@ -373,8 +384,6 @@ class PrometheusSource:
             }
             inflight = self._gauge(m.INFLIGHT, t_s, requests, errors)
             queued = self._gauge(m.QUEUED, t_s, requests, errors)
-            if self.inflight_adds_queued and inflight is not None and queued is not None:
-                inflight += queued
             started = self._started(w, t_s)
         except (PrometheusError, OSError) as exc:
             # Prometheus went away mid-window: report nothing rather than half a window.

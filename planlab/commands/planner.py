@@ -10,13 +10,16 @@ The config file (YAML; deploy/configmap.yaml holds an example):
                  dgd_name, prefill_service, decode_service, startup_timeout, ...}
       or
     emulator: {url}            a running `planlab emulate` frontend (read-only: advisory)
+      or
+    server: {url, prefill, decode}   a bare OpenAI-compatible server (one vLLM) that
+                               cannot be scaled: its /health says ready, the planner is
+                               advisory (decides and records, never scales)
     metrics: {address, port}   where the daemon serves its own gauges
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,7 @@ TOP_KEYS = (
     "prometheus",
     "kubernetes",
     "emulator",
+    "server",
     "metrics",
 )
 PROM_KEYS = (
@@ -123,10 +127,10 @@ def load_config(path: str | Path) -> dict[str, Any]:
     for key in ("model", "prometheus"):
         if key not in data:
             raise ConfigError("missing; expected a mapping", source=source, key=key)
-    if ("kubernetes" in data) == ("emulator" in data):
+    if sum(k in data for k in ("kubernetes", "emulator", "server")) != 1:
         raise ConfigError(
-            "expected exactly one of kubernetes (scale Deployments or a DGD) or emulator "
-            "(a running planlab emulate frontend)",
+            "expected exactly one of kubernetes (scale Deployments or a DGD), emulator "
+            "(a running planlab emulate frontend) or server (a bare server, advisory)",
             source=source,
             key="kubernetes",
         )
@@ -185,11 +189,22 @@ def load_config(path: str | Path) -> dict[str, Any]:
         ),
     }
 
-    kube = emulator = None
+    kube = emulator = server = None
     if "kubernetes" in data:
         from live.kubernetes import parse_kubernetes_settings
 
         kube = parse_kubernetes_settings(data["kubernetes"], source)
+    elif "server" in data:
+        srv = _mapping(data["server"], source, "server", ("url", "prefill", "decode"))
+        url = srv.get("url")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise _fail(source, "server.url", url, "the server's http:// base URL")
+        server = {"url": url.rstrip("/")}
+        for role in ("prefill", "decode"):
+            n = srv.get(role, 1)
+            if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+                raise _fail(source, f"server.{role}", n, "an integer >= 0 (replicas it counts as)")
+            server[role] = n
     else:
         emu = _mapping(data["emulator"], source, "emulator", ("url",))
         emulator = emu.get("url")
@@ -208,6 +223,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
         "prometheus": prometheus,
         "kubernetes": kube,
         "emulator": emulator,
+        "server": server,
         "metrics": {"address": address, "port": port},
     }
 
@@ -287,6 +303,16 @@ def build_daemon(cfg: dict[str, Any], args: argparse.Namespace):
                 key="emulator",
             )
         connector = EmulatorConnector(cfg["emulator"])
+    elif cfg.get("server") is not None:
+        from live.advisory import AdvisoryConnector
+
+        srv = cfg["server"]
+        if not advisory:
+            log.warning("server: %s cannot be scaled; the planner is advisory", srv["url"])
+        advisory = True
+        connector = AdvisoryConnector(
+            f"{srv['url']}/health", prefill=srv["prefill"], decode=srv["decode"]
+        )
     else:
         from live.kubernetes import KubernetesConnector
 
@@ -313,6 +339,8 @@ def build_daemon(cfg: dict[str, Any], args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> int:
+    import asyncio
+
     from live.driver import tick_line
 
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -20,6 +20,7 @@ EXAMPLES = """examples:
   planlab run scenarios/ramp.yaml --policy static --seed 3 --out results/ramp-static
   planlab run scenarios/steady.yaml --set planner.interval=30s --no-report
   planlab run scenarios/live-step.yaml --live --stack dynamo   # needs planlab[dynamo]
+  planlab run scenarios/live-vllm.yaml --live --stack vllm   (needs planlab[vllm])
 """
 
 
