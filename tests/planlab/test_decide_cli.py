@@ -59,3 +59,22 @@ def test_decide_bad_input_exits_2_with_one_line(capsys, extra, needle) -> None:
     assert main(args) == 2
     err = capsys.readouterr().err
     assert needle in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_decide_dynamo_uses_requests_started_and_only_reduces_while_starting(
+    h200_profile_dir, capsys
+) -> None:
+    base = ["decide", "--profile", str(h200_profile_dir)] + (
+        "--num-req 600 --isl 3000 --osl 150 --interval 60 --ttft 200 --itl 10 --json".split()
+    )
+    # 600 finished but 1,200 admitted: Dynamo 1.6 sizes for 20 req/s -> 2P + 1D
+    assert main(base + ["--requests-started", "1200"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert (rec["target"]["prefill"], rec["target"]["decode"]) == (2, 1)
+    # one prefill replica ready and one starting: 2P is not a reduction, so it stays 2
+    # (desired); at 600 admitted it wants 1, which cancels the starting one
+    assert main(base + ["--prefill-starting", "1"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["target"]["prefill"] == 1 and "only reductions" in rec["reason"]
+    assert main(base + ["--requests-started", "1200", "--prefill-starting", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["target"]["prefill"] == 2
