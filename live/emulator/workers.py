@@ -8,9 +8,12 @@ Steps are scheduled against absolute deadlines on the event loop's clock, as the
 simulator schedules them on its virtual clock: a busy worker's next step starts at the
 previous step's deadline, not when the loop got round to waking it, so the whole
 milliseconds an asyncio timer wakes late (epoll rounds its timeout up to a millisecond)
-are carried into the next step instead of adding up (a step is cut to no less than
+are carried into the next step instead of adding up. What is left, the lateness of the
+wake-up that ends a step, is learned (a moving average per worker, at most MAX_LEAD_S)
+and the timer set that much early, so tokens come out at their deadlines on average
+rather than always after them. (A step is cut to no less than
 MIN_STEP_FRACTION of its length to pay the debt, so a stall is paid back over a few
-steps rather than as a burst of instant ones). Work joins a step by its nominal arrival
+steps rather than as a burst of instant ones.) Work joins a step by its nominal arrival
 time (a prompt when the frontend took it, a KV cache when its transfer ends), so a late
 timer never pushes a request into a later step than the simulator would: a KV cache
 whose transfer ended before the decode step in progress began joins that step.
@@ -36,6 +39,10 @@ STARTING, READY, DRAINING, STOPPED = "starting", "ready", "draining", "stopped"
 END = None
 
 MIN_STEP_FRACTION = 0.5
+MAX_LEAD_S = 0.002
+"""The most a timer is set early to make up for the loop's usual lateness (epoll's
+rounding up to a millisecond, plus the scheduling latency of a busy machine)."""
+LEAD_WEIGHT = 0.05  # of each new lateness sample in the moving average
 MAX_LAG_S = 0.25
 """A worker that falls further than this behind its schedule (the loop was stalled: a
 debugger, a suspended machine) starts afresh from now instead of running the missed
@@ -139,7 +146,8 @@ class Worker:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.stopped = asyncio.Event()
-        self._free_s = 0.0  # loop time at which the last step ended (nominally)
+        self._free_s = 0.0  # clock time at which the last step ended (nominally)
+        self._lead_s = 0.0  # how early timers are set: the wake-ups' mean lateness
 
     def load(self) -> int:
         raise NotImplementedError
@@ -187,12 +195,18 @@ class Worker:
         MIN_STEP_FRACTION of it when behind; returns its nominal end."""
         length = max(0.0, seconds) / self.speedup
         end = start_s + length
-        now = self.clock()
-        delay = max(end - now, MIN_STEP_FRACTION * length)
-        if delay > 0:
-            await self.sleep(delay)
+        await self._sleep_until(max(end, self.clock() + MIN_STEP_FRACTION * length))
         self._free_s = end
         return end
+
+    async def _sleep_until(self, due_s: float) -> None:
+        delay = due_s - self._lead_s - self.clock()
+        if delay <= 0:
+            return
+        await self.sleep(delay)
+        late = self.clock() - (due_s - self._lead_s)  # how late the timer fired
+        lead = self._lead_s + LEAD_WEIGHT * (late - self._lead_s)
+        self._lead_s = min(max(lead, 0.0), MAX_LEAD_S)
 
     async def _idle(self) -> None:
         """Wait for new work."""
@@ -369,9 +383,8 @@ class DecodeWorker(Worker):
                     await self._idle()
                     continue
                 first_s = self.waiting[0][0]
-                delay = first_s - self.clock()
-                if delay > 0:
-                    await self.sleep(delay)
+                if first_s - self._lead_s > self.clock():
+                    await self._sleep_until(first_s)
                     continue
                 start = self._start_at(first_s)
             self._admit(start)

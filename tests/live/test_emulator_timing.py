@@ -9,6 +9,7 @@ import asyncio
 
 import pytest
 
+from live.emulator import workers
 from live.emulator.workers import (
     END,
     MIN_STEP_FRACTION,
@@ -40,9 +41,11 @@ class LateClock:
 
 @pytest.fixture
 def clock(monkeypatch):
+    """The late clock, with the learned timer lead off (so lateness shows plainly)."""
     c = LateClock(late_s=0.0011)
     monkeypatch.setattr(Worker, "clock", staticmethod(c.now))
     monkeypatch.setattr(Worker, "sleep", staticmethod(c.sleep))
+    monkeypatch.setattr(workers, "MAX_LEAD_S", 0.0)
     return c
 
 
@@ -72,6 +75,30 @@ def test_decode_lateness_does_not_add_up(clock):
     # k of them (sleeping a step's length after each wake-up would give t0 + k * 5.1 ms)
     for k, t in enumerate(stamps, start=1):
         assert t == pytest.approx(t0 + k * step + clock.late_s, abs=1e-9)
+
+
+def test_the_usual_lateness_is_learned_and_set_off(clock, monkeypatch):
+    """With the lead on, timers are set early by the wake-ups' mean lateness: tokens
+    converge onto their deadlines and are never earlier than MAX_LEAD_S before them."""
+    monkeypatch.setattr(workers, "MAX_LEAD_S", 0.002)
+    step = 0.004
+
+    async def main():
+        worker = DecodeWorker("d", FixedTiming(decode_step_fixed_s=step))
+        worker.mark_ready()
+        job = Job(0, isl=10, osl=150)
+        t0 = clock.t
+        worker.submit(job, t0)
+        stamps = await _stamps(job)
+        worker.kill()
+        return t0, stamps, worker._lead_s
+
+    t0, stamps, lead = asyncio.run(main())
+    errors = [t - (t0 + k * step) for k, t in enumerate(stamps, start=1)]
+    assert errors[0] == pytest.approx(clock.late_s)  # nothing learned yet
+    assert abs(errors[-1]) < 2e-5  # the last ones come out on time
+    assert min(errors) > -0.002
+    assert lead == pytest.approx(clock.late_s, abs=2e-5)
 
 
 def test_a_worker_that_cannot_keep_up_never_bursts(clock):
