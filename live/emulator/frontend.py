@@ -376,6 +376,7 @@ class Frontend:
         return body
 
     async def _serve(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        start = time.monotonic()  # the request is here: TTFT and duration count from now
         request_type = "unary"
         try:
             body = await self._body(request)
@@ -386,7 +387,6 @@ class Frontend:
                 return self._not_found(model)
             check_supported(body)
             isl, osl = parse_lengths(body, chat, self.tokenizer)
-            start = time.monotonic()
             job = await self.cluster.submit(isl, osl)
         except ApiError as exc:
             return self._error(exc, request_type)

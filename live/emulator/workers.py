@@ -39,7 +39,7 @@ STARTING, READY, DRAINING, STOPPED = "starting", "ready", "draining", "stopped"
 END = None
 
 MIN_STEP_FRACTION = 0.5
-MAX_LEAD_S = 0.002
+MAX_LEAD_S = 0.005
 """The most a timer is set early to make up for the loop's usual lateness (epoll's
 rounding up to a millisecond, plus the scheduling latency of a busy machine)."""
 LEAD_WEIGHT = 0.05  # of each new lateness sample in the moving average
@@ -195,16 +195,19 @@ class Worker:
         MIN_STEP_FRACTION of it when behind; returns its nominal end."""
         length = max(0.0, seconds) / self.speedup
         end = start_s + length
-        await self._sleep_until(max(end, self.clock() + MIN_STEP_FRACTION * length))
+        await self._sleep_until(end, self.clock() + MIN_STEP_FRACTION * length)
         self._free_s = end
         return end
 
-    async def _sleep_until(self, due_s: float) -> None:
-        delay = due_s - self._lead_s - self.clock()
+    async def _sleep_until(self, due_s: float, not_before_s: float = 0.0) -> None:
+        """Sleep until due_s, the timer set early by the learned lead (but not before
+        not_before_s); the lateness of the wake-up updates the lead."""
+        target = max(due_s - self._lead_s, not_before_s)
+        delay = target - self.clock()
         if delay <= 0:
             return
         await self.sleep(delay)
-        late = self.clock() - (due_s - self._lead_s)  # how late the timer fired
+        late = self.clock() - target  # how late the timer fired
         lead = self._lead_s + LEAD_WEIGHT * (late - self._lead_s)
         self._lead_s = min(max(lead, 0.0), MAX_LEAD_S)
 

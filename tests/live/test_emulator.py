@@ -338,8 +338,12 @@ def test_real_prometheus_scrapes_the_emulator():
         get(prom_url + "/-/ready")
 
 
-def test_emulate_command_rejects_bad_input(capsys):
+def test_emulate_command_rejects_bad_input(capsys, tmp_path):
     from planlab.cli import main
+
+    assert main(["emulate", "--tokenizer", str(tmp_path), "--no-prometheus"]) == 2
+    err = capsys.readouterr().err
+    assert "--tokenizer" in err and "tokenizer.json" in err and "Traceback" not in err
 
     assert main(["emulate", "--port", "70000", "--no-prometheus"]) == 2
     assert "--port" in capsys.readouterr().err

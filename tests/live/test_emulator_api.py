@@ -393,3 +393,40 @@ def test_tokenizer_directory_errors(tmp_path):
     (tmp_path / "tokenizer.json").write_text("{}")
     with pytest.raises(ConfigError, match="is not a tokenizer"):
         PromptCounter(tmp_path)
+
+
+def test_emulate_command_serves_the_model_id_and_counts_with_the_tokenizer(tmp_path):
+    """`planlab emulate --model ID --tokenizer DIR` as a user starts it: the id is served,
+    prompts are counted with the tokenizer, SIGTERM stops it with exit 0."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    pytest.importorskip("tokenizers", reason="needs the tokenizer extra")
+    pytest.importorskip("jinja2", reason="needs the tokenizer extra")
+    directory = word_tokenizer(tmp_path / "tok")
+    cmd = [sys.executable, "-m", "planlab", "emulate", "--port", "0", "--no-prometheus"]
+    cmd += ["--model", "acme/tiny", "--tokenizer", str(directory)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.readline()
+        assert "acme/tiny" in first and "tokenizer" in first, first + proc.stderr.read()
+        base = first.split()[1]  # http://127.0.0.1:PORT/v1
+        with urllib.request.urlopen(f"{base}/models/acme/tiny", timeout=10) as r:
+            card = json.loads(r.read())
+        body = {"model": "acme/tiny", "messages": [{"role": "user", "content": "the fox"}]}
+        req = urllib.request.Request(
+            f"{base}/chat/completions",
+            data=json.dumps({**body, "max_tokens": 2}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            usage = json.loads(r.read())["usage"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=30)
+    assert card["id"] == "acme/tiny"
+    assert usage["prompt_tokens"] == 6  # <s> <|user|> the fox </s> <|assistant|>
+    assert rc == 0

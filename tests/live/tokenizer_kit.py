@@ -49,7 +49,8 @@ def word_tokenizer(directory: Path) -> Path:
 
 
 def bpe_tokenizer(directory: Path, vocab_size: int = 2000) -> Path:
-    """A byte-level BPE trained on generated English-like text: every string encodes."""
+    """A byte-level BPE trained on generated English-like text: every string encodes, and
+    the emulator's output token " tok" is one token (as in the usual tokenizers)."""
     import random
 
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -58,6 +59,7 @@ def bpe_tokenizer(directory: Path, vocab_size: int = 2000) -> Path:
     letters = "etaoinshrdlucmfwypvbgkjqxz"
     words = ["".join(rng.choices(letters[:18], k=rng.randint(2, 8))) for _ in range(3000)]
     lines = [" ".join(rng.choices(words, k=20)) + "." for _ in range(3000)]
+    lines += [" tok" * 20] * 200  # the emulator's output token: one token here too
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
