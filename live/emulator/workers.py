@@ -11,9 +11,9 @@ milliseconds an asyncio timer wakes late (epoll rounds its timeout up to a milli
 are carried into the next step instead of adding up. What is left, the lateness of the
 wake-up that ends a step, is learned (a moving average per worker, at most MAX_LEAD_S)
 and the timer set that much early, so tokens come out at their deadlines on average
-rather than always after them. (A step is cut to no less than
-MIN_STEP_FRACTION of its length to pay the debt, so a stall is paid back over a few
-steps rather than as a burst of instant ones.) Work joins a step by its nominal arrival
+rather than always after them. A step is cut to no less than MIN_STEP_FRACTION of its
+length to pay a debt, so a stall is paid back over a few steps rather than as a burst of
+instant ones. Work joins a step by its nominal arrival
 time (a prompt when the frontend took it, a KV cache when its transfer ends), so a late
 timer never pushes a request into a later step than the simulator would: a KV cache
 whose transfer ended before the decode step in progress began joins that step.
