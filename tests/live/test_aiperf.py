@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -45,6 +46,19 @@ def _aiperf() -> str:
         "aiperf is not installed: python3 -m venv .venv-aiperf && "
         ".venv-aiperf/bin/pip install 'aiperf>=0.13,<0.14' (or set PLANLAB_AIPERF)"
     )
+
+
+def _group_members(pgid: int) -> list[int]:
+    """PIDs of live processes in process group pgid (Linux /proc)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
 
 
 def _hist_mean_ms(text: str, name: str) -> float:
@@ -86,6 +100,11 @@ def test_aiperf_against_the_emulator(tmp_path):
             "--random-seed",
             "1",
             "--no-gpu-telemetry",
+            # few processes: on 2 cores aiperf's own services compete with the emulator
+            "--workers-max",
+            "2",
+            "--record-processor-service-count",
+            "1",
             "--ui",
             "none",
             "--output-artifact-dir",
@@ -93,10 +112,25 @@ def test_aiperf_against_the_emulator(tmp_path):
         ]
         env = {**os.environ, "HF_HUB_DISABLE_TELEMETRY": "1"}
         env.pop("HF_HUB_OFFLINE", None)  # aiperf then looks for a hub cache, not the path
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path
+        # its own session, so that every process aiperf starts can be found by group
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            start_new_session=True,
         )
-        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+        try:
+            output, _ = proc.communicate(timeout=240)
+        finally:
+            left = _group_members(proc.pid)
+            if proc.poll() is None or left:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        assert proc.returncode == 0, output[-3000:]
+        assert left == [], f"aiperf left processes running: {left}"
         metrics = h.frontend.metrics.exposition().decode()
     report = json.loads((out / "profile_export_aiperf.json").read_text())
     scraped = (out / "server_metrics_export.json").read_text()
