@@ -2,7 +2,11 @@
 
 Each request is sent at its arrival time (scaled by `time_scale`) with `"stream": true`,
 `max_tokens` = its OSL and a prompt of about ISL tokens ("the " repeated: one token per
-word for common tokenizers, and exactly ISL by the emulator's chars/4 estimate). TTFT,
+word for common tokenizers, and exactly ISL by the emulator's chars/4 estimate). Each
+prompt starts with a tag unique to the run and the request (same length in characters),
+because identical prompts would be served from a prefix cache (vLLM's is on by default:
+87% of prompt tokens were cache hits with identical prompts); the scenario has no
+shared-prefix setting yet, and `unique_prompts=False` gives the identical prompts. TTFT,
 every token gap and the end-to-end time are measured at the client with
 time.perf_counter, from the request's scheduled arrival: a request held back by the
 concurrency limit (or by a late event loop) has that wait in its TTFT and e2e, as a
@@ -20,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +48,9 @@ REQUEST_COLUMNS = (
     "status",
     "error",
 )
+# Also in each live row: the tokens the server produced (its usage count, else the
+# content chunks), which differs from osl when a server stops early.
+OUTPUT_TOKENS_COLUMN = "output_tokens"
 PREFILL_HEADER = "x-planlab-prefill-worker"
 DECODE_HEADER = "x-planlab-decode-worker"
 APIS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
@@ -141,6 +149,7 @@ class RequestResult:
             "decode_worker": self.decode_worker,
             "status": self.status,
             "error": self.error,
+            OUTPUT_TOKENS_COLUMN: self.output_tokens,
         }
 
 
@@ -179,8 +188,11 @@ class LoadGenerator:
     api: "chat" or "completions". extensions: also send `planlab_isl`/`planlab_osl`
     (exact lengths for the emulator; vLLM accepts unknown fields but logs a warning for
     each request, hence opt-in). ignore_eos: send vLLM's `ignore_eos: true` so every
-    request produces exactly OSL tokens (opt-in: not every server knows it).
-    time_scale: multiplies arrival times (0.5 replays twice as fast).
+    request produces exactly OSL tokens, with `min_tokens` = OSL as well (opt-in: not
+    every server knows them). unique_prompts: start every prompt with a tag unique to
+    this run and request, so no two prompts share a prefix-cache block (prompt_salt
+    fixes the run's part of it). time_scale: multiplies arrival times (0.5 replays twice
+    as fast).
     """
 
     def __init__(
@@ -194,6 +206,8 @@ class LoadGenerator:
         time_scale: float = 1.0,
         extensions: bool = False,
         ignore_eos: bool = False,
+        unique_prompts: bool = True,
+        prompt_salt: str | None = None,
         headers: dict[str, str] | None = None,
     ):
         if api not in APIS:
@@ -208,32 +222,43 @@ class LoadGenerator:
         self.time_scale = time_scale
         self.extensions = extensions
         self.ignore_eos = ignore_eos
+        self.unique_prompts = unique_prompts
+        self.prompt_salt = prompt_salt if prompt_salt is not None else secrets.token_hex(4)
         self.headers = {"Content-Type": "application/json", **(headers or {})}
         self._words = _WORD * 1024
 
-    def prompt(self, isl: int) -> str:
-        """About isl tokens of text, cheap: a slice of a cached repeated-word string."""
+    def prompt(self, isl: int, request_id: int | None = None) -> str:
+        """About isl tokens of text, cheap: a slice of a cached repeated-word string.
+
+        With unique_prompts and a request_id, the first characters are replaced by
+        "<salt>-<id> " (the length in characters stays 4 * isl).
+        """
         n = len(_WORD) * max(1, int(isl))
         while len(self._words) < n:
             self._words += self._words
-        return self._words[:n]
+        if not self.unique_prompts or request_id is None:
+            return self._words[:n]
+        tag = f"{self.prompt_salt}-{request_id} "
+        return tag + self._words[: max(0, n - len(tag))]
 
-    def body(self, isl: int, osl: int) -> bytes:
+    def body(self, isl: int, osl: int, request_id: int | None = None) -> bytes:
         body: dict = {
             "model": self.model,
             "max_tokens": int(osl),
             "stream": True,
             "stream_options": {"include_usage": True},
         }
+        prompt = self.prompt(isl, request_id)
         if self.chat:
-            body["messages"] = [{"role": "user", "content": self.prompt(isl)}]
+            body["messages"] = [{"role": "user", "content": prompt}]
         else:
-            body["prompt"] = self.prompt(isl)
+            body["prompt"] = prompt
         if self.extensions:
             body["planlab_isl"] = int(isl)
             body["planlab_osl"] = int(osl)
         if self.ignore_eos:
             body["ignore_eos"] = True
+            body["min_tokens"] = int(osl)
         return json.dumps(body).encode()
 
     def run_sync(self, requests, **kwargs) -> LoadResult:
@@ -307,7 +332,7 @@ class LoadGenerator:
             sent = time.perf_counter()
             try:
                 async with session.post(
-                    self.url, data=self.body(isl, osl), headers=self.headers
+                    self.url, data=self.body(isl, osl, i), headers=self.headers
                 ) as resp:
                     pw = resp.headers.get(PREFILL_HEADER, "")
                     dw = resp.headers.get(DECODE_HEADER, "")

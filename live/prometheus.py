@@ -49,11 +49,12 @@ VLLM_NAMES: dict[str, str] = {
     m.REQUEST_DURATION: "vllm:e2e_request_latency_seconds",
     m.ISL: "vllm:request_prompt_tokens",
     m.OSL: "vllm:request_generation_tokens",
-    m.INFLIGHT: "vllm:num_requests_running",
+    # In flight in Dynamo's sense (admitted, not finished): vLLM's running gauge is only
+    # the batch, so add the queue. A gauge name may be "a + b" (each summed, then added).
+    m.INFLIGHT: "vllm:num_requests_running + vllm:num_requests_waiting",
     m.QUEUED: "vllm:num_requests_waiting",
     m.OUTPUT_TOKENS_TOTAL: "vllm:generation_tokens_total",
 }
-VLLM_OLD_ITL = "vllm:time_per_output_token_seconds"
 VLLM_MODEL_LABEL = "model_name"
 
 METRIC_SETS: dict[str, tuple[dict[str, str], str]] = {
@@ -202,7 +203,7 @@ class PrometheusSource:
 
     def _liveness(self, t_s: float) -> str | None:
         """None when the target is alive at t_s; otherwise why not, in words."""
-        series = [self.names[k] for k in (*m.COUNTERS, *m.GAUGES)]
+        series = [n for k in (*m.COUNTERS, *m.GAUGES) for n in self.names[k].split(" + ")]
         series += [f"{self.names[k]}_count" for k in m.HISTOGRAMS]
         if self.job is not None:
             up = self.query(f'max(up{{job="{_prom_escape(self.job)}"}})', t_s).scalar()
@@ -289,9 +290,13 @@ class PrometheusSource:
             count=count,
         )
 
+    def _sum(self, name: str) -> str:
+        """`sum(X{model})`, or `sum(a{model}) + sum(b{model})` for a name "a + b"."""
+        return " + ".join(f"sum({part}{self._sel()})" for part in name.split(" + "))
+
     def _gauge(self, key: str, t_s: float, requests: float | None, errors: list[str]):
         name = self.names[key]
-        value = self.query(f"sum({name}{self._sel()})", t_s).scalar()
+        value = self.query(self._sum(name), t_s).scalar()
         if value is None:
             if requests == 0:
                 return 0.0
@@ -305,7 +310,7 @@ class PrometheusSource:
     def current(self, key: str, t_s: float) -> float | None:
         """The value of a metric (planner.metrics name) at t_s, summed over its series:
         a counter's running total or a gauge. None when Prometheus has no such series."""
-        return self.query(f"sum({self.names[key]}{self._sel()})", t_s).scalar()
+        return self.query(self._sum(self.names[key]), t_s).scalar()
 
     # -- MetricsSource ------------------------------------------------------------------
 

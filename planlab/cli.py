@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from planner.errors import ConfigError
@@ -23,6 +24,9 @@ COMMANDS = (
     "planner",
     "profile",
     "baseline",
+    "fidelity",
+    "backtest",
+    "stack",
 )
 
 EPILOG = """examples:
@@ -52,8 +56,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        try:
+            return _run(argv)
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+    except BrokenPipeError:
+        # The reader went away (`planlab decide --json | head -1`): stop quietly as Unix
+        # tools do. Point stdout at /dev/null so the interpreter's final flush cannot fail.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool stopped by the pipe
+
+
+def _run(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)  # exits 2 on bad usage, 0 after --help
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

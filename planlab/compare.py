@@ -4,7 +4,6 @@ compare.html."""
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import html
 import logging
 import os
@@ -21,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from planlab.distributed import Backend  # noqa: E402
 from planlab.report import _col, _finite, _img, _time_axis, save_figure  # noqa: E402
 from planlab.results import read_run  # noqa: E402
 from planner.errors import ConfigError  # noqa: E402
@@ -180,7 +180,7 @@ def _run_one(
     """One simulated run into out_dir (in a worker process); returns its compare row."""
     from planlab.runner import run_scenario
 
-    outcome = run_scenario(scenario, out_dir=out_dir, policy=policy, seed=seed)
+    outcome = run_scenario(scenario, out_dir=out_dir, policy=policy, seed=seed, force=True)
     if report:
         from planlab.report import write_report
 
@@ -197,48 +197,34 @@ def _seed_list(scenario: Scenario, seeds: int | Sequence[int]) -> list[int]:
 
 
 def run_jobs(
-    jobs_list: Sequence[tuple[Callable[..., dict], tuple, dict[str, Any]]],
+    jobs_list: Sequence[tuple],
     jobs: int | None,
     progress: Progress | None,
+    *,
+    backend: Backend | None = None,
 ) -> list[dict[str, Any]]:
-    """Run (fn, args, crash_row) jobs in processes (inline when jobs == 1); a job that
-    raises gives its crash_row with status "crashed" and the error, the others go on."""
+    """Run (fn, args, crash_row[, out_index]) jobs on the backend (default: processes, inline
+    when jobs == 1; out_index: where in args the run's results directory is, so that a Dask
+    worker can send it back); a job that raises gives its crash_row with status "crashed"
+    and the error, the others go on."""
+    from planlab.distributed import Task, as_completed
+
+    backend = backend or Backend(jobs=jobs)
     total = len(jobs_list)
     results: list[dict[str, Any] | None] = [None] * total
-
-    def crashed(i: int, exc: BaseException) -> dict[str, Any]:
-        log.error("run %s crashed: %s", jobs_list[i][2].get("label", i), exc)
-        row = dict(jobs_list[i][2])
-        row.pop("label", None)
-        row.update(status="crashed", error=f"{type(exc).__name__}: {exc}")
-        return row
-
-    def label(i: int) -> str:
-        return str(jobs_list[i][2].get("label", i))
-
-    n_workers = min(jobs or os.cpu_count() or 1, max(total, 1))
-    done = 0
-    if n_workers <= 1:
-        for i, (fn, args, _) in enumerate(jobs_list):
-            try:
-                results[i] = fn(*args)
-            except Exception as exc:  # a crashed run is reported, the others still run
-                results[i] = crashed(i, exc)
-            done += 1
-            if progress:
-                progress(done, total, f"{label(i)} [{results[i]['status']}]")
-        return results  # type: ignore[return-value]
-    with cf.ProcessPoolExecutor(max_workers=n_workers) as pool:
-        futures = {pool.submit(fn, *args): i for i, (fn, args, _) in enumerate(jobs_list)}
-        for fut in cf.as_completed(futures):
-            i = futures[fut]
-            try:
-                results[i] = fut.result()
-            except Exception as exc:
-                results[i] = crashed(i, exc)
-            done += 1
-            if progress:
-                progress(done, total, f"{label(i)} [{results[i]['status']}]")
+    tasks = [
+        Task(job[0], tuple(job[1]), job[3] if len(job) > 3 else None, str(job[2].get("label", i)))
+        for i, job in enumerate(jobs_list)
+    ]
+    for done, (i, result, exc) in enumerate(as_completed(tasks, backend), start=1):
+        if exc is not None:  # a crashed run is reported, the others still run
+            log.error("run %s crashed: %s", tasks[i].label, exc)
+            result = dict(jobs_list[i][2])
+            result.pop("label", None)
+            result.update(status="crashed", error=f"{type(exc).__name__}: {exc}")
+        results[i] = result
+        if progress:
+            progress(done, total, f"{tasks[i].label} [{result['status']}]")
     return results  # type: ignore[return-value]
 
 
@@ -255,13 +241,15 @@ def compare(
     *,
     run_dirs: Sequence[str | Path] = (),
     run_reports: bool = False,
+    backend: Backend | None = None,
 ) -> pd.DataFrame:
     """Run every scenario x policy x seed into out_dir/runs/ and write compare.csv,
     plots/pareto.png (+ .json), plots/timelines-<scenario>.png and compare.html.
 
     seeds: a count (the scenario's seed, seed+1, ...) or explicit seeds. run_dirs: existing
     results directories added to the comparison as they are (not re-run). jobs: worker
-    processes (None: os.cpu_count(); 1 runs inline). progress(done, total, label) after
+    processes (None: os.cpu_count(); 1 runs inline); backend: where the runs go instead
+    (planlab.distributed: processes or a Dask cluster). progress(done, total, label) after
     each run. Returns the compare.csv rows: one "run" row per run, one "mean" row per
     scenario and policy. Bad scenarios or policies raise ConfigError before anything runs;
     a crashed run is a row with status "crashed".
@@ -297,10 +285,10 @@ def compare(
                     "label": f"{name} {policy} seed {seed}",
                 }
                 jobs_list.append(
-                    (_run_one, (scenario, policy, seed, run_dir, run_reports), crash_row)
+                    (_run_one, (scenario, policy, seed, run_dir, run_reports), crash_row, 3)
                 )
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = run_jobs(jobs_list, jobs, progress) + given_rows
+    rows = run_jobs(jobs_list, jobs, progress, backend=backend) + given_rows
     df = summarize(rows)
     write_outputs(df, out_dir)
     return df

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -19,7 +20,13 @@ import pandas as pd
 from live.driver import PlannerDriver, TimelineSampler, gpu_seconds
 from live.loadgen import LoadGenerator
 from live.prometheus import METRIC_SETS, PrometheusSource
-from planlab.results import REQUEST_COLUMNS, TIMELINE_COLUMNS, compute_summary, default_run_dir
+from planlab.results import (
+    REQUEST_COLUMNS,
+    TIMELINE_COLUMNS,
+    check_out_dir,
+    compute_summary,
+    default_run_dir,
+)
 from planlab.results import write_run as write_results
 from planner import metrics as m
 from planner.errors import ConfigError
@@ -43,6 +50,18 @@ def add_live_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --live: start the local emulated cluster and a real Prometheus",
     )
+    g.add_argument(
+        "--stack",
+        metavar="NAME",
+        help="with --live: start a real serving stack on this machine (dynamo) and scale it",
+    )
+    g.add_argument(
+        "--stack-startup",
+        choices=("mocker", "hidden"),
+        default=None,
+        help="--stack dynamo: mocker = the mocker's --startup-time, routed to while it starts "
+        "(default); hidden = start it after the startup, as the simulator assumes",
+    )
     g.add_argument("--frontend", metavar="URL", help="OpenAI-compatible frontend base URL")
     g.add_argument("--prometheus", metavar="URL", help="Prometheus base URL")
     g.add_argument("--model", help="model name sent in requests and matched in metrics")
@@ -57,6 +76,11 @@ def add_live_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--decode-deployment", metavar="NAME", help="decode Deployment (or service)")
     g.add_argument("--dgd", metavar="NAME", help="scale a DynamoGraphDeployment of this name")
     g.add_argument("--advisory", action="store_true", help="decide and record, never scale")
+    g.add_argument(
+        "--stack",
+        metavar="NAME",
+        help="with --live: start a real serving stack on this machine (live.stacks.NAME: vllm)",
+    )
 
 
 class StaticConnector:
@@ -87,6 +111,9 @@ class LiveTarget:
     model: str | None
     metric_names: str = "dynamo"
     emulated: bool = False
+    # Send ignore_eos + min_tokens so every request produces its OSL (vLLM accepts them).
+    ignore_eos: bool = False
+    stack: str | None = None
 
 
 @dataclass(frozen=True)
@@ -99,18 +126,78 @@ class LiveOutcome:
 
 
 def _requests_frame(rows: list[dict]) -> pd.DataFrame:
-    df = pd.DataFrame(rows, columns=list(REQUEST_COLUMNS))
+    """The fixed columns first, then what the load generator added (output_tokens)."""
+    extra = list(dict.fromkeys(k for r in rows for k in r if k not in REQUEST_COLUMNS))
+    df = pd.DataFrame(rows, columns=list(REQUEST_COLUMNS) + extra)
     return df.sort_values("id", kind="stable").reset_index(drop=True)
 
 
+def served_model(frontend_url: str, timeout_s: float = 5.0) -> str | None:
+    """The model an OpenAI-compatible server serves (`GET /v1/models`), when it serves
+    exactly one; None (logged) when it cannot say. ConfigError when it serves several:
+    the run must name one (--model)."""
+    import httpx
+
+    url = frontend_url.rstrip("/") + "/v1/models"
+    try:
+        resp = httpx.get(url, timeout=timeout_s)
+        resp.raise_for_status()
+        ids = [str(d["id"]) for d in resp.json().get("data", []) if "id" in d]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        log.warning("no model named and %s did not list one: %s", url, exc)
+        return None
+    if len(ids) > 1:
+        raise ConfigError(
+            f"{url} serves {len(ids)} models ({', '.join(ids)}); name one with --model",
+            key="--model",
+        )
+    if not ids:
+        log.warning("no model named and %s lists none", url)
+        return None
+    log.info("model %r (the one %s lists)", ids[0], url)
+    return ids[0]
+
+
 def _prometheus_total(source: PrometheusSource, t_s: float) -> float | None:
-    """Every request the frontend counted, as Prometheus last scraped it (a cross-check
-    for the load generator's own count)."""
+    """The frontend's request counter as Prometheus last scraped it before t_s (read at
+    the start and the end of a run: the difference cross-checks the client's count)."""
     try:
         return source.current(m.REQUESTS_TOTAL, t_s)
     except Exception as exc:  # a cross-check only
         log.warning("could not read the request total from Prometheus: %s", exc)
         return None
+
+
+def _run_increase(before: float | None, after: float | None) -> float | None:
+    """Requests the frontend counted during the run. A counter with no series before the
+    run had counted nothing yet (it appears at its first increment); a counter lower at
+    the end was reset (the server restarted), so the run's increase is unknown."""
+    if after is None:
+        return None
+    before = before or 0.0
+    if after < before:
+        log.warning("the request counter went down during the run (%g -> %g)", before, after)
+        return None
+    return after - before
+
+
+def _server_view(source: PrometheusSource, t_end_s: float, span_s: float) -> dict | None:
+    """The whole run as the server's own histograms saw it (the Observation over one
+    window covering the run), to set beside the client's TTFT and TPOT."""
+    from planner.observation import build_observation
+
+    try:
+        obs = build_observation(source.window(t_end_s, span_s))
+    except Exception as exc:  # a report only
+        log.warning("could not read the server's view of the run: %s", exc)
+        return None
+    keys = ("num_req", "isl_mean", "osl_mean", "ttft_mean_ms", "ttft_p50_ms", "ttft_p90_ms",
+            "ttft_p99_ms", "itl_mean_ms", "itl_p50_ms", "itl_p90_ms", "itl_p99_ms",
+            "request_duration_mean_s")  # fmt: skip
+    view = {k: getattr(obs, k) for k in keys}
+    view["window_s"] = span_s
+    view["missing"] = list(obs.missing)
+    return view
 
 
 async def run_live_scenario(
@@ -124,7 +211,10 @@ async def run_live_scenario(
 ) -> LiveOutcome:
     """Stream `requests` (scenario.workload.Requests) to the frontend in real time, run the
     planner every planner.interval against Prometheus and the connector, sample the
-    connector every scrape interval. Returns the frames; writes nothing."""
+    connector every scrape interval. Returns the frames; writes nothing. An unreachable
+    frontend or Prometheus, or a frontend that does not serve the model, is a ConfigError
+    before the first request (preflight)."""
+    await preflight(target)
     cfg = scenario.planner_config()
     planner = PlannerLoop(make_policy(cfg, profile), cfg)
     names, label = METRIC_SETS[target.metric_names]
@@ -136,13 +226,18 @@ async def run_live_scenario(
         staleness_s=max(30.0, 5 * scenario.prometheus.scrape_interval_s),
     )
     gen = LoadGenerator(
-        target.frontend_url, model=target.model or "planlab-emulated", extensions=target.emulated
+        target.frontend_url,
+        model=target.model or "planlab-emulated",
+        extensions=target.emulated,
+        ignore_eos=target.ignore_eos,
     )
     gpus_per = {
         "prefill": scenario.cluster.prefill.gpus_per_replica,
         "decode": scenario.cluster.decode.gpus_per_replica,
     }
     arrivals = np.asarray(requests.arrival_s, dtype=np.float64)
+    # The server's counter before the run (a server counts from its own start).
+    prom_before = await asyncio.to_thread(_prometheus_total, source, time.time())
     t0_epoch = time.time()
     t0_perf = time.perf_counter()
     driver = PlannerDriver(
@@ -185,7 +280,9 @@ async def run_live_scenario(
         await asyncio.sleep(
             settle_s if settle_s is not None else 2 * scenario.prometheus.scrape_interval_s
         )
-        prom_total = await asyncio.to_thread(_prometheus_total, source, time.time())
+        t_end = time.time()
+        prom_after = await asyncio.to_thread(_prometheus_total, source, t_end)
+        server = await asyncio.to_thread(_server_view, source, t_end, t_end - t0_epoch)
     finally:
         stop.set()
         for task in background:
@@ -209,16 +306,64 @@ async def run_live_scenario(
         scenario_name=scenario.name,
         extra={
             "mode": "live-emulated" if target.emulated else "live",
+            "stack": target.stack,
             "seed": scenario.seed,
             "frontend": target.frontend_url,
             "prometheus": target.prometheus_url,
             "advisory": advisory,
             "planner_ticks": len(driver.records),
-            "prometheus_requests_total": prom_total,
+            # The run's increase of the server's request counter, not its lifetime total.
+            "prometheus_requests_total": _run_increase(prom_before, prom_after),
             "output_tokens": load.output_tokens,
+            "server": server,
         },
     )
     return LiveOutcome(None, summary, req, timeline, tuple(driver.records))
+
+
+async def preflight(target: LiveTarget, timeout_s: float = 5.0) -> None:
+    """Check that the frontend answers `GET /v1/models` (and lists target.model when one is
+    named) and that Prometheus answers its query API, before any request is sent."""
+    import httpx
+
+    frontend = target.frontend_url.rstrip("/")
+    prometheus = target.prometheus_url.rstrip("/")
+    async with httpx.AsyncClient(timeout=timeout_s, trust_env=False) as client:
+        models_url = f"{frontend}/v1/models"
+        try:
+            resp = await client.get(models_url)
+            resp.raise_for_status()
+            body = resp.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise ConfigError(
+                f"the frontend at {models_url} did not answer ({_error_text(exc)}); expected an "
+                "OpenAI-compatible server listing its models",
+                key="--frontend",
+            ) from None
+        served = [str(m.get("id")) for m in body.get("data", []) if isinstance(m, dict)]
+        if target.model is not None and served and target.model not in served:
+            raise ConfigError(
+                f"the frontend at {frontend} does not serve model {target.model!r}; it serves "
+                f"{', '.join(served)}",
+                key="--model",
+            )
+        query_url = f"{prometheus}/api/v1/query"
+        try:
+            resp = await client.get(query_url, params={"query": "1"})
+            resp.raise_for_status()
+            if resp.json().get("status") != "success":
+                raise ValueError(f"status {resp.json().get('status')!r}")
+        except (httpx.HTTPError, ValueError) as exc:
+            raise ConfigError(
+                f"Prometheus at {query_url} did not answer ({_error_text(exc)}); expected the "
+                "Prometheus HTTP API",
+                key="--prometheus",
+            ) from None
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]
 
 
 def _connector_from_args(args: argparse.Namespace, scenario: Scenario):
@@ -256,7 +401,72 @@ def _connector_from_args(args: argparse.Namespace, scenario: Scenario):
     return conn, args.advisory
 
 
+def load_stack(name: str):
+    """live.stacks.NAME, its extra checked (ConfigError naming it) before anything starts."""
+    from live.stacks import load_stack as load_module
+
+    module = load_module(name)
+    for check in ("require", "check_installed"):
+        if callable(getattr(module, check, None)):
+            getattr(module, check)()
+    return module
+
+
+async def _stack_main(args, scenario: Scenario, profile, requests) -> LiveOutcome:
+    """`--stack NAME`: start live.stacks.NAME (a sync or async context manager) in a
+    temporary directory, run, stop it. The directory (the stack's logs) is removed after a
+    run that ended, kept after a failure."""
+    import inspect
+    import shutil
+    import tempfile
+
+    start_stack = load_stack(args.stack).start_stack
+    accepted = inspect.signature(start_stack).parameters
+    options = {"profile": profile}
+    if getattr(args, "stack_startup", None):
+        options["startup"] = args.stack_startup
+    options = {k: v for k, v in options.items() if k in accepted}
+    workdir = Path(tempfile.mkdtemp(prefix=f"planlab-{args.stack}-"))
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            cm = start_stack(scenario, workdir, **options)
+            if hasattr(cm, "__aenter__"):
+                h = await stack.enter_async_context(cm)
+            else:
+                # Starting blocks (real processes, seconds to minutes): off the event loop.
+                # A Ctrl-C meanwhile cannot stop the thread: let the start finish, then stop.
+                entering = asyncio.ensure_future(asyncio.to_thread(cm.__enter__))
+                try:
+                    h = await asyncio.shield(entering)
+                except asyncio.CancelledError:
+                    with contextlib.suppress(Exception):
+                        await entering
+                        await asyncio.to_thread(cm.__exit__, None, None, None)
+                    raise
+                stack.push_async_callback(asyncio.to_thread, cm.__exit__, None, None, None)
+            target = LiveTarget(
+                frontend_url=h.frontend_url,
+                prometheus_url=h.prometheus_url,
+                connector=h.connector,
+                model=args.model or h.model,
+                metric_names=getattr(h, "metric_names", "dynamo"),
+                ignore_eos=getattr(h, "ignore_eos", False),
+                stack=args.stack,
+            )
+            advisory = args.advisory or getattr(h, "advisory", False)
+            outcome = await run_live_scenario(
+                scenario, target, profile=profile, requests=requests, advisory=advisory
+            )
+    except BaseException:
+        log.warning("the %s stack's logs are kept in %s", args.stack, workdir)
+        raise
+    shutil.rmtree(workdir, ignore_errors=True)
+    return outcome
+
+
 async def _live_main(args, scenario: Scenario, profile, requests) -> LiveOutcome:
+    if getattr(args, "stack", None):
+        return await _stack_main(args, scenario, profile, requests)
     if args.emulate:
         from live.emulator.launch import start_emulated_cluster
 
@@ -272,12 +482,17 @@ async def _live_main(args, scenario: Scenario, profile, requests) -> LiveOutcome
                 scenario, target, profile=profile, requests=requests, advisory=args.advisory
             )
     connector, advisory = _connector_from_args(args, scenario)
+    model = args.model
+    if model is None:
+        model = await asyncio.to_thread(served_model, args.frontend)
     target = LiveTarget(
         frontend_url=args.frontend,
         prometheus_url=args.prometheus,
         connector=connector,
-        model=args.model,
+        model=model,
         metric_names=args.metric_names,
+        # vLLM's own metric names: a vLLM server, which accepts ignore_eos and min_tokens.
+        ignore_eos=args.metric_names == "vllm",
     )
     return await run_live_scenario(
         scenario, target, profile=profile, requests=requests, advisory=advisory
@@ -285,6 +500,21 @@ async def _live_main(args, scenario: Scenario, profile, requests) -> LiveOutcome
 
 
 def check_live_args(args: argparse.Namespace) -> None:
+    if getattr(args, "stack_startup", None) and not getattr(args, "stack", None):
+        raise ConfigError("only applies with --stack NAME", key="--stack-startup")
+    if getattr(args, "stack", None):
+        clash = [
+            f
+            for f in ("emulate", "frontend", "prometheus", "kube_namespace", "dgd")
+            if getattr(args, f)
+        ]
+        if clash:
+            raise ConfigError(
+                f"--stack starts its own serving stack; drop --{clash[0].replace('_', '-')}",
+                key="--stack",
+            )
+        load_stack(args.stack)  # an unknown name or a missing extra fails here, first
+        return
     if args.emulate:
         clash = [f for f in ("frontend", "prometheus", "kube_namespace", "dgd") if getattr(args, f)]
         if clash:
@@ -296,7 +526,8 @@ def check_live_args(args: argparse.Namespace) -> None:
     missing = [f"--{f}" for f in ("frontend", "prometheus") if not getattr(args, f)]
     if missing:
         raise ConfigError(
-            f"--live needs {' and '.join(missing)} (or --emulate for a local emulated cluster)",
+            f"--live needs {' and '.join(missing)} (or --emulate for a local emulated cluster, "
+            "or --stack dynamo)",
             key="--live",
         )
 
@@ -318,6 +549,9 @@ def run_live(args: argparse.Namespace, overrides: dict[str, str] | None = None) 
     cfg = scenario.planner_config()
     validate_budget(cfg)
     requests = generate(scenario.workload, scenario.duration_s, scenario.seed)
+    force = bool(getattr(args, "force", False))
+    if args.out:
+        check_out_dir(args.out, force=force)
     out_dir = (
         Path(args.out)
         if args.out
@@ -327,6 +561,13 @@ def run_live(args: argparse.Namespace, overrides: dict[str, str] | None = None) 
     # the emulator and Prometheus have stopped; nothing has been written yet.
     outcome = asyncio.run(_live_main(args, scenario, profile, requests))
     path = write_results(
-        out_dir, outcome.requests, outcome.timeline, outcome.records, outcome.summary, scenario
+        out_dir,
+        outcome.requests,
+        outcome.timeline,
+        outcome.records,
+        outcome.summary,
+        scenario,
+        replace=force,
+        unique=not args.out,
     )
     return LiveOutcome(path, outcome.summary, outcome.requests, outcome.timeline, outcome.records)

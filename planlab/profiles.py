@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -109,13 +110,39 @@ def write_profile(
     return target
 
 
+def write_dynamo_profile(
+    profile: PerfProfile, out_dir: str | os.PathLike, extra: dict[str, str] | None = None
+) -> Path:
+    """Write `profile` in the flat layout of Dynamo's profiler output
+    (DIR/prefill_raw_data.npz, DIR/decode_raw_data.npz: Dynamo's keys), plus `extra`
+    text files (name -> content). The directory is written under a temporary name and
+    renamed into place once complete; `out_dir` must not exist or be empty."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        arrays = profile.to_arrays()
+        np.savez(tmp / "prefill_raw_data.npz", **{k: arrays[k] for k in PREFILL_KEYS})
+        np.savez(tmp / "decode_raw_data.npz", **{k: arrays[k] for k in DECODE_KEYS})
+        for name, text in (extra or {}).items():
+            (tmp / name).write_text(text)
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("wrote profile %s to %s", profile.name, out)
+    return out
+
+
 def resolve_model(model: ModelSpec) -> PerfProfile:
     """The PerfProfile a scenario's `model:` section names (a profile directory or analytic)."""
     if model.profile is not None:
         return load_profile(model.profile)
     if model.analytic is not None:
         a = model.analytic
-        return analytic_profile(a.model, a.gpu, a.dtype, a.tp)
+        return analytic_profile(a.model, a.gpu, a.dtype, a.tp, ep=a.ep)
     raise ConfigError("neither profile nor analytic given; expected one of them", key="model")
 
 
@@ -142,6 +169,12 @@ def _need_both(d: Path, pre: Path, dec: Path) -> None:
 def _read_arrays(path: Path) -> dict[str, Any]:
     """The key -> array mapping of an npz or JSON file; ConfigError if unreadable."""
     if path.suffix == ".npz":
+        if not zipfile.is_zipfile(path):
+            # np.load reads a non-zip file as a pickle and says so, which misleads.
+            raise ConfigError(
+                "not a valid npz file (not a zip archive); expected numpy's savez output",
+                source=str(path),
+            )
         try:
             with np.load(path, allow_pickle=False) as z:
                 return {k: z[k] for k in z.files}

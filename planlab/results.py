@@ -4,6 +4,7 @@ reading, shared by the simulator and the live driver. docs/results.md documents 
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -137,6 +138,11 @@ def compute_summary(
 
     done = requests[ok]
     by_status = {str(k): int(v) for k, v in sorted(status.value_counts().items())}
+    reasons = requests["error"][failed].fillna("").astype(str).replace("", "(no reason given)")
+    failure_reasons = {
+        str(k): int(v)
+        for k, v in sorted(reasons.value_counts().items(), key=lambda kv: (-kv[1], kv[0]))
+    }
 
     gpu_hours: dict[str, Any] = {}
     total_s = 0.0
@@ -164,6 +170,7 @@ def compute_summary(
             "failed": int(failed.sum()),
             "in_flight": int(in_flight.sum()),
             "by_status": by_status,
+            "failure_reasons": failure_reasons,
         },
         "ttft_ms": _stats(done["ttft_ms"]),
         "tpot_ms": _stats(done["tpot_ms"]),
@@ -273,6 +280,56 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# What planlab writes into a run directory (write_run, then planlab report): the only
+# names a run directory replaced with --force may hold, so nothing a user put there is lost.
+RUN_DIR_ENTRIES = frozenset((*FILES, "scenario.yaml", "report.html", "plots"))
+
+
+def check_out_dir(
+    out_dir: str | Path,
+    *,
+    force: bool,
+    markers: tuple[str, ...] = ("summary.json",),
+    entries: frozenset[str] = RUN_DIR_ENTRIES,
+    what: str = "run",
+) -> None:
+    """Refuse, before any work, an output directory that would lose something.
+
+    A path that does not exist, or an empty directory, is fine. An earlier planlab `what`
+    directory (it holds one of `markers`, and only names planlab writes) may be reused with
+    `force`. Anything else (a file, a folder of the user's, a planlab folder with files
+    added) is refused: planlab never deletes or moves what it did not write.
+    """
+    out_dir = Path(out_dir)
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return
+    if not out_dir.is_dir():
+        raise ConfigError(
+            "exists and is not a directory; expected a new or empty directory for the results",
+            key="--out",
+            source=str(out_dir),
+        )
+    names = sorted(p.name for p in out_dir.iterdir())
+    if not names:
+        return
+    foreign = [n for n in names if n not in entries and not n.startswith(f".{out_dir.name}.")]
+    if any(m in names for m in markers) and not foreign:
+        if force:
+            return
+        raise ConfigError(
+            f"holds an earlier planlab {what}; pass --force to replace it, or choose another --out",
+            key="--out",
+            source=str(out_dir),
+        )
+    shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+    raise ConfigError(
+        f"exists and holds files planlab did not write ({shown}); planlab never deletes or "
+        "moves them: choose a new or empty directory for --out",
+        key="--out",
+        source=str(out_dir),
+    )
+
+
 def write_run(
     out_dir: str | Path,
     requests: pd.DataFrame,
@@ -280,10 +337,19 @@ def write_run(
     records: Iterable[Any],
     summary: Mapping[str, Any],
     scenario: Any = None,
+    *,
+    replace: bool = False,
+    unique: bool = False,
 ) -> Path:
     """Write the run directory atomically: everything goes into a hidden temporary sibling,
-    which replaces out_dir only once complete. On any error (Ctrl-C included) the
-    temporary directory is removed and an existing out_dir is left as it was."""
+    which becomes out_dir only once complete. On any error (Ctrl-C included) the temporary
+    directory is removed and an existing out_dir is left as it was.
+
+    replace: an existing out_dir (checked by check_out_dir) is replaced. unique: out_dir is
+    a default name; when taken (another run of the same scenario in the same second) the
+    first free `<name>-2`, `<name>-3`, ... is used. Otherwise out_dir must not exist or be
+    empty. Returns the directory written.
+    """
     out_dir = Path(out_dir)
     parent = out_dir.parent
     parent.mkdir(parents=True, exist_ok=True)
@@ -301,7 +367,10 @@ def write_run(
         if scenario is not None:
             _write_file(tmp / "scenario.yaml", _scenario_yaml(scenario))
         _fsync_dir(tmp)
-        _replace_dir(tmp, out_dir)
+        if replace:
+            _replace_dir(tmp, out_dir)
+        else:
+            out_dir = _rename_into_free(tmp, out_dir, unique=unique)
         _fsync_dir(parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -310,9 +379,49 @@ def write_run(
     return out_dir
 
 
+def claim_new_dir(path: str | Path) -> Path:
+    """Create `path`, or the first free `<path>-2`, `-3`, ... (mkdir is atomic, so two
+    commands started in the same second never share a default folder)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        candidate = path if n == 1 else path.with_name(f"{path.name}-{n}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise ConfigError("no free name for the output folder", source=str(path))
+
+
+def _rename_into_free(new: Path, target: Path, *, unique: bool) -> Path:
+    """Rename `new` to `target`, atomically refusing a target that holds anything (a
+    rename onto a non-empty directory fails): two runs racing for one name never lose
+    each other's files. With `unique`, try `<target>-2`, `-3`, ... instead of failing."""
+    for n in range(1, 1000 if unique else 2):
+        candidate = target if n == 1 else target.with_name(f"{target.name}-{n}")
+        if candidate.exists() and not candidate.is_dir():
+            if unique:
+                continue
+            break
+        try:
+            os.rename(new, candidate)
+            return candidate
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                raise
+    raise ConfigError(
+        "appeared while the run was written and is not empty; nothing was replaced "
+        "(choose another --out, or --force to replace an earlier planlab run)",
+        key="--out",
+        source=str(target),
+    )
+
+
 def _replace_dir(new: Path, target: Path) -> None:
-    """Rename `new` to `target`; an existing target is moved aside first and put back if
-    the rename fails, and removed once the new one is in place."""
+    """Rename `new` to `target`; an existing target (an earlier planlab run, checked by
+    check_out_dir) is moved aside first and put back if the rename fails, and removed once
+    the new one is in place."""
     if not target.exists():
         os.rename(new, target)
         return

@@ -14,7 +14,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from planlab.results import TIMELINE_COLUMNS, compute_summary, default_run_dir, write_run
+from planlab.results import (
+    TIMELINE_COLUMNS,
+    check_out_dir,
+    compute_summary,
+    default_run_dir,
+    write_run,
+)
+from planner.errors import ConfigError
 from scenario import Scenario
 from sim.simulate import ERRORS, STATUS_FAILED, STATUS_SUCCESS, SimOptions, SimResult, simulate
 
@@ -75,6 +82,52 @@ def timeline_frame(result: SimResult, interval_s: float) -> pd.DataFrame:
     return df.reindex(columns=cols)
 
 
+def with_source(exc: ConfigError, scenario: Scenario) -> ConfigError:
+    """The error with the scenario's file named, when it names a scenario key but no file
+    (a policy or predictor option found bad when the policy is built)."""
+    if exc.source is not None or scenario.source is None:
+        return exc
+    return ConfigError(exc.detail, source=str(scenario.source), key=exc.key)
+
+
+def check_size(scenario: Scenario, max_requests: int | None = None) -> None:
+    """Refuse before any work a scenario whose expected size would exhaust memory."""
+    from scenario.workload import expected_requests
+
+    if max_requests is not None and max_requests < 1:
+        raise ConfigError(f"got {max_requests}; expected a positive count", key="--max-requests")
+    limit = max_requests if max_requests is not None else DEFAULT_MAX_REQUESTS
+    n = expected_requests(scenario.workload, scenario.duration_s)
+    if n is not None and n > limit:
+        gib = n * BYTES_PER_REQUEST / 2**30
+        raise ConfigError(
+            f"over {scenario.duration_s:,.0f} s expects about {n:,.0f} requests (roughly "
+            f"{gib:,.1f} GiB of memory to simulate); "
+            f"the limit is {limit:,} requests: shorten duration, lower the rate, or pass "
+            f"--max-requests {int(min(n * 1.1, 1e15)):d} to run it anyway",
+            source=str(scenario.source) if scenario.source else None,
+            key="workload.arrival.rate",
+        )
+    scrapes = scenario.duration_s / scenario.prometheus.scrape_interval_s
+    if scrapes > MAX_SCRAPES:
+        raise ConfigError(
+            f"{scenario.duration_s:,.0f} s at one scrape every "
+            f"{scenario.prometheus.scrape_interval_s:g} s is {scrapes:,.0f} scrapes (more "
+            f"than {MAX_SCRAPES:,}, each a timeline row and a metrics sample): shorten "
+            "duration or lengthen prometheus.scrape_interval",
+            source=str(scenario.source) if scenario.source else None,
+            key="duration",
+        )
+
+
+# 115 days at the default 5 s scrape interval; each scrape keeps a few hundred bytes.
+MAX_SCRAPES = 2_000_000
+# A million-request day peaks at a few hundred MiB (docs/simulator.md): about 0.5 KiB per
+# request held in columns, results frames and the written CSV included.
+BYTES_PER_REQUEST = 512
+DEFAULT_MAX_REQUESTS = 5_000_000
+
+
 def run_scenario(
     scenario: Scenario,
     out_dir: str | Path | None = None,
@@ -83,6 +136,8 @@ def run_scenario(
     progress: Callable[[float, float], None] | None = None,
     *,
     write: bool = True,
+    force: bool = False,
+    max_requests: int | None = None,
     profile=None,
     options: SimOptions | None = None,
 ) -> RunOutcome:
@@ -90,8 +145,14 @@ def run_scenario(
 
     out_dir None: results/<scenario>-<policy>-<timestamp>. progress(t_s, duration_s) is
     called at every scrape. write=False skips the files (sweeps that keep summaries only).
-    Raises ConfigError on bad input before anything is written.
+    An existing out_dir is refused unless it is an earlier planlab run and `force` is set
+    (results.check_out_dir). A scenario expected to generate more than `max_requests`
+    (default DEFAULT_MAX_REQUESTS) is refused (check_size). Raises ConfigError on bad input
+    before anything is written.
     """
+    check_size(scenario, max_requests)
+    if write and out_dir is not None:
+        check_out_dir(out_dir, force=force)
     if policy is not None:
         scenario = dataclasses.replace(
             scenario, planner=dataclasses.replace(scenario.planner, policy=policy)
@@ -103,9 +164,12 @@ def run_scenario(
 
         profile = resolve_model(scenario.model)
     cfg = scenario.planner_config()
-    result = simulate(
-        scenario, profile, cfg, seed=scenario.seed, options=options, progress=progress
-    )
+    try:
+        result = simulate(
+            scenario, profile, cfg, seed=scenario.seed, options=options, progress=progress
+        )
+    except ConfigError as exc:
+        raise with_source(exc, scenario) from None
     requests = requests_frame(result)
     summary = compute_summary(
         requests,
@@ -130,7 +194,8 @@ def run_scenario(
     )
     if not write:
         return RunOutcome(None, summary, result)
-    if out_dir is None:
+    unique = out_dir is None
+    if unique:
         out_dir = default_run_dir(RESULTS_ROOT, scenario.name, cfg.policy, datetime.now())
     out = write_run(
         out_dir,
@@ -139,5 +204,7 @@ def run_scenario(
         result.records,
         summary,
         scenario=scenario,
+        replace=force,
+        unique=unique,
     )
     return RunOutcome(Path(out), summary, result)

@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from planlab.compare import Progress, _write_text, run_jobs  # noqa: E402
+from planlab.distributed import Backend  # noqa: E402
 from planlab.report import _finite, _jsonable, save_figure  # noqa: E402
 from planner.errors import ConfigError  # noqa: E402
 from scenario import (  # noqa: E402
@@ -152,7 +153,7 @@ def _summary_row(summary: dict[str, Any], run_dir: Path, reused: bool) -> dict[s
 def _run_point(scenario: Scenario, run_dir: Path) -> dict[str, Any]:
     from planlab.runner import run_scenario
 
-    outcome = run_scenario(scenario, out_dir=run_dir)
+    outcome = run_scenario(scenario, out_dir=run_dir, force=True)  # inside the sweep's own folder
     return _summary_row(outcome.summary, run_dir, reused=False)
 
 
@@ -164,6 +165,7 @@ def sweep(
     policy: str | None = None,
     jobs: int | None = None,
     progress: Progress | None = None,
+    backend: Backend | None = None,
 ) -> pd.DataFrame:
     """Run every grid point into out_dir/points/<values>/ and write sweep.csv and
     plots/sweep.png (+ .json): a line plot for one key, a heat-map for two.
@@ -189,10 +191,18 @@ def sweep(
             except json.JSONDecodeError:
                 log.warning("unreadable %s; running the point again", summary_path)
         todo.append(
-            (i, (_run_point, (scenario, run_dir), {"run_dir": str(run_dir), "label": run_dir.name}))
+            (
+                i,
+                (
+                    _run_point,
+                    (scenario, run_dir),
+                    {"run_dir": str(run_dir), "label": run_dir.name},
+                    1,
+                ),
+            )
         )
     out_dir.mkdir(parents=True, exist_ok=True)
-    done = run_jobs([job for _, job in todo], jobs, progress)
+    done = run_jobs([job for _, job in todo], jobs, progress, backend=backend)
     for (i, _), row in zip(todo, done, strict=True):
         row.setdefault("reused", False)
         rows[i] = row

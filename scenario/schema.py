@@ -56,6 +56,7 @@ DIST_KEYS: dict[str, tuple[str, ...]] = {
     "uniform": ("low", "high"),
     "lognormal": ("mean", "cv"),
     "empirical": ("path", "column"),
+    "histogram": ("le", "steps"),
 }
 SHAPE_KEYS: dict[str, tuple[str, ...]] = {
     "sine": ("mean", "amplitude", "period", "phase"),
@@ -265,13 +266,17 @@ class _Parser:
             return LengthDist("fixed", value=self.number(value, key, positive=True))
         if not isinstance(value, dict) or "dist" not in value:
             raise self.fail(
-                key, value, "a token count or {dist: fixed|uniform|lognormal|empirical, ...}"
+                key,
+                value,
+                "a token count or {dist: fixed|uniform|lognormal|empirical|histogram, ...}",
             )
         dist = self.choice(value["dist"], f"{key}.dist", list(DIST_KEYS))
         keys = DIST_KEYS[dist]
         m = self.mapping(
             value, key, ("dist", *keys, "min", "max"), keys if dist != "empirical" else ("path",)
         )
+        if dist == "histogram":
+            return self.histogram(m, key)
         lo = self.integer(m.get("min", 1), f"{key}.min", minimum=1)
         hi = self.optional_int(m.get("max"), f"{key}.max", minimum=lo)
         common = {"dist": dist, "min": lo, "max": hi}
@@ -298,6 +303,41 @@ class _Parser:
             path=self.path(m["path"], f"{key}.path", kind="file"), column=column, **common
         )
 
+    def histogram(self, m: dict[str, Any], key: str) -> LengthDist:
+        """{dist: histogram, le: [b1, b2, ...], steps: [[t, [c1, ..., c_n, c_above]], ...]}."""
+        le_raw = m["le"]
+        if not isinstance(le_raw, list) or not le_raw:
+            raise self.fail(f"{key}.le", le_raw, "a list of bucket upper bounds (tokens)")
+        le = tuple(self.number(b, f"{key}.le[{i}]", positive=True) for i, b in enumerate(le_raw))
+        if any(b <= a for a, b in zip(le, le[1:], strict=False)):
+            raise self.fail(f"{key}.le", le_raw, "strictly increasing bucket bounds")
+        steps_raw = m["steps"]
+        if not isinstance(steps_raw, list) or not steps_raw:
+            raise self.fail(f"{key}.steps", steps_raw, "a list of [time, [counts]] pairs")
+        steps = []
+        for i, step in enumerate(steps_raw):
+            k = f"{key}.steps[{i}]"
+            if not (isinstance(step, list) and len(step) == 2 and isinstance(step[1], list)):
+                raise self.fail(k, step, f"[time, [{len(le) + 1} bucket counts]]")
+            t = parse_duration(step[0], f"{k}[0]", self.source)
+            if steps and t <= steps[-1][0]:
+                raise self.fail(f"{k}[0]", step[0], f"a time after {steps[-1][0]:g} s")
+            if i == 0 and t != 0:
+                raise self.fail(f"{k}[0]", step[0], "0 (the first step starts at 0)")
+            if len(step[1]) != len(le) + 1:
+                raise self.fail(
+                    f"{k}[1]", step[1], f"{len(le) + 1} counts (one per bound, then above)"
+                )
+            counts = tuple(
+                self.number(c, f"{k}[1][{j}]", nonneg=True) for j, c in enumerate(step[1])
+            )
+            steps.append((t, counts))
+        if not any(sum(c) > 0 for _, c in steps):
+            raise self.fail(f"{key}.steps", "all zero", "some step with counts above zero")
+        lo = self.integer(m.get("min", 1), f"{key}.min", minimum=1)
+        hi = self.optional_int(m.get("max"), f"{key}.max", minimum=max(lo, int(le[-1])))
+        return LengthDist("histogram", le=le, steps=tuple(steps), min=lo, max=hi)
+
     # -- sections -------------------------------------------------------------
     def model(self, value: Any) -> ModelSpec:
         m = self.mapping(value, "model", ("profile", "analytic"))
@@ -311,7 +351,7 @@ class _Parser:
         if "profile" in m:
             return ModelSpec(profile=self.path(m["profile"], "model.profile", kind="directory"))
         a = self.mapping(
-            m["analytic"], "model.analytic", ("model", "gpu", "dtype", "tp"), ("model", "gpu")
+            m["analytic"], "model.analytic", ("model", "gpu", "dtype", "tp", "ep"), ("model", "gpu")
         )
         models, gpus, dtypes = _analytic_names()
         spec = AnalyticSpec(
@@ -323,6 +363,7 @@ class _Parser:
             else self.string(a["gpu"], "model.analytic.gpu"),
             dtype=self.choice(a.get("dtype", "fp8"), "model.analytic.dtype", dtypes),
             tp=self.integer(a.get("tp", 1), "model.analytic.tp", minimum=1),
+            ep=self.integer(a.get("ep", 1), "model.analytic.ep", minimum=1),
         )
         return ModelSpec(analytic=spec)
 
@@ -590,10 +631,14 @@ class _Parser:
         return scenario
 
     def cross_checks(self, s: Scenario, raw: dict[str, Any]) -> None:
+        from planner.policies import check_options
         from planner.policies.base import validate_budget
+        from planner.predictors import make_predictor
 
         try:
             validate_budget(s.planner_config())
+            check_options(s.planner.options)
+            make_predictor(s.planner.predictor, **s.planner.predictor_options)
         except ConfigError as exc:
             raise ConfigError(exc.detail, source=self.source, key=exc.key) from None
         p = s.planner
@@ -662,8 +707,58 @@ def parse_scenario(data: dict[str, Any], source: str, *, base_dir: Path | None =
     return _Parser(str(source), base).scenario(data)
 
 
+class DuplicateKeyError(yaml.MarkedYAMLError):
+    """A mapping that names one key twice (PyYAML keeps the last silently)."""
+
+
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, stricter where a typo would otherwise pass: a key given twice
+    in one mapping is an error naming both lines, and numbers in exponent form without a
+    dot (`1e9`, YAML 1.2's float) are numbers, not strings."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:
+                continue  # PyYAML reports unhashable keys itself
+            if key in seen:
+                first = seen[key].start_mark.line + 1
+                raise DuplicateKeyError(
+                    problem=f"key {key!r} is given twice (first on line {first}); "
+                    "expected each key once per mapping",
+                    problem_mark=key_node.start_mark,
+                )
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """YAML text to data with YamlLoader (raises yaml.YAMLError)."""
+    return yaml.load(text, Loader=YamlLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def yaml_error_text(exc: yaml.YAMLError) -> str:
+    """`line L, column C: invalid YAML (problem)` for one message."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{where}invalid YAML ({problem})"
+
+
 def _read_yaml(path: Path) -> Any:
     source = str(path)
+    if path.is_dir():
+        raise ConfigError("is a directory; expected a scenario YAML file", source=source)
     if not path.is_file():
         raise ConfigError("scenario file not found; expected a YAML file", source=source)
     try:
@@ -673,12 +768,9 @@ def _read_yaml(path: Path) -> Any:
             f"cannot read the file ({exc}); expected UTF-8 YAML", source=source
         ) from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{where}invalid YAML ({problem})", source=source) from None
+        raise ConfigError(yaml_error_text(exc), source=source) from None
     if data is None:
         raise ConfigError("the file is empty; expected a scenario mapping", source=source)
     return data
@@ -721,7 +813,7 @@ def apply_override(
         )
     if isinstance(value_text, str):
         try:
-            value = yaml.safe_load(value_text)
+            value = load_yaml(value_text)
         except yaml.YAMLError:
             raise ConfigError(
                 f"got {value_text!r}; expected a YAML value (number, string, list)",
@@ -779,7 +871,10 @@ def _schedule_to_raw(rate: RateSchedule) -> Any:
 
 def _length_to_raw(d: LengthDist) -> dict[str, Any]:
     out: dict[str, Any] = {"dist": d.dist}
-    for k in DIST_KEYS[d.dist]:
+    if d.dist == "histogram":
+        out["le"] = list(d.le)
+        out["steps"] = [[t, list(c)] for t, c in d.steps]
+    for k in () if d.dist == "histogram" else DIST_KEYS[d.dist]:
         v = getattr(d, k)
         if v is not None:
             out[k] = str(v) if isinstance(v, Path) else v
@@ -817,6 +912,8 @@ def scenario_to_dict(scenario: Scenario) -> dict[str, Any]:
     else:
         a = s.model.analytic
         model = {"analytic": {"model": a.model, "gpu": a.gpu, "dtype": a.dtype, "tp": a.tp}}
+        if a.ep != 1:
+            model["analytic"]["ep"] = a.ep
     c = s.cluster
     cluster: dict[str, Any] = {
         "prefill": _role_to_raw(c.prefill),

@@ -107,8 +107,11 @@ class ArrivalSpec:
 @dataclass(frozen=True)
 class LengthDist:
     """Token-length distribution. dist: fixed (value) | uniform (low, high) |
-    lognormal (mean, cv) | empirical (path: one integer per line, or a CSV column).
-    Samples are rounded and clipped to [min, max]."""
+    lognormal (mean, cv) | empirical (path: one integer per line, or a CSV column) |
+    histogram (le: bucket upper bounds; steps: ((t_s, counts per bucket, the last above the
+    last bound), ...), the counts in force from t_s on; a length is drawn uniformly inside
+    its bucket, as Prometheus' histogram_quantile interpolates; the open last bucket ends at
+    max, or twice the last bound). Samples are rounded and clipped to [min, max]."""
 
     dist: str
     value: float | None = None
@@ -120,6 +123,8 @@ class LengthDist:
     column: str | None = None
     min: int = 1
     max: int | None = None
+    le: tuple[float, ...] | None = None
+    steps: tuple[tuple[float, tuple[float, ...]], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -167,6 +172,7 @@ class AnalyticSpec:
     gpu: str
     dtype: str = "fp8"
     tp: int = 1
+    ep: int = 1  # expert parallel degree of MoE layers (a divisor of tp)
 
 
 @dataclass(frozen=True)

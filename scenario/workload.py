@@ -227,11 +227,36 @@ def empirical_lengths(d: LengthDist, n: int, rng: np.random.Generator) -> np.nda
     return values[rng.integers(0, len(values), size=n)].astype(float)
 
 
+def histogram_lengths(
+    d: LengthDist, n: int, rng: np.random.Generator, t_s: np.ndarray | None = None
+) -> np.ndarray:
+    """From the bucket counts in force at each request's time t_s (all at 0 when None): a
+    bucket in proportion to its count, then uniform inside it (linear, as Prometheus'
+    histogram_quantile interpolates). A step without counts borrows the nearest one's."""
+    le = np.asarray(d.le, dtype=float)
+    upper = np.append(le, float(d.max) if d.max is not None else 2.0 * le[-1])
+    lower = np.concatenate(([max(float(d.min) - 1.0, 0.0)], le))
+    starts = np.array([t for t, _ in d.steps], dtype=float)
+    counts = np.array([c for _, c in d.steps], dtype=float)
+    have = np.flatnonzero(counts.sum(axis=1) > 0)
+    # nearest step with counts, for every step (ties to the earlier one)
+    nearest = have[np.abs(np.arange(len(starts))[:, None] - have[None, :]).argmin(axis=1)]
+    cdf = np.cumsum(counts[nearest], axis=1)
+    cdf /= cdf[:, -1:]
+    t = np.zeros(n) if t_s is None else np.asarray(t_s, dtype=float)
+    step = np.clip(np.searchsorted(starts, t, side="right") - 1, 0, len(starts) - 1)
+    u = rng.random(n)
+    bucket = np.minimum((u[:, None] > cdf[step]).sum(axis=1), len(upper) - 1)
+    v = rng.random(n)
+    return lower[bucket] + v * (upper[bucket] - lower[bucket])
+
+
 LENGTH_DISTS: dict[str, LengthFn] = {
     "fixed": fixed_lengths,
     "uniform": uniform_lengths,
     "lognormal": lognormal_lengths,
     "empirical": empirical_lengths,
+    "histogram": histogram_lengths,
 }
 
 
@@ -244,10 +269,18 @@ def finish_lengths(raw: np.ndarray, d: LengthDist) -> np.ndarray:
 
 
 def sample_lengths(
-    d: LengthDist, n: int, rng: np.random.Generator, scale: np.ndarray | None = None
+    d: LengthDist,
+    n: int,
+    rng: np.random.Generator,
+    scale: np.ndarray | None = None,
+    t_s: np.ndarray | None = None,
 ) -> np.ndarray:
-    """n integer lengths from the distribution, multiplied by `scale` before rounding."""
-    raw = LENGTH_DISTS[d.dist](d, n, rng)
+    """n integer lengths from the distribution, multiplied by `scale` before rounding;
+    t_s: the requests' times, for a distribution that changes over time (histogram)."""
+    if d.dist == "histogram":
+        raw = histogram_lengths(d, n, rng, t_s)
+    else:
+        raw = LENGTH_DISTS[d.dist](d, n, rng)
     if scale is not None:
         raw = raw * scale
     return finish_lengths(raw, d)
@@ -261,8 +294,9 @@ class LengthSampler:
 
     def sample(self, rng: np.random.Generator, t_s: float = 0.0) -> tuple[int, int]:
         scale = None if self.isl_scale is None else schedule_values(self.isl_scale, np.array([t_s]))
-        isl = sample_lengths(self.isl_dist, 1, rng, scale)
-        osl = sample_lengths(self.osl_dist, 1, rng)
+        at = np.array([t_s])
+        isl = sample_lengths(self.isl_dist, 1, rng, scale, t_s=at)
+        osl = sample_lengths(self.osl_dist, 1, rng, t_s=at)
         return int(isl[0]), int(osl[0])
 
 
@@ -556,6 +590,25 @@ def generate(workload: WorkloadSpec, duration_s: float, seed: int) -> Requests:
         raise ValueError("a closed-loop workload has no arrival times; use LengthSampler")
     arrival = ARRIVALS[workload.arrival.process](workload.arrival, duration_s, rng)
     scale = None if workload.isl_scale is None else schedule_values(workload.isl_scale, arrival)
-    isl = sample_lengths(workload.isl, len(arrival), rng, scale)
-    osl = sample_lengths(workload.osl, len(arrival), rng)
+    isl = sample_lengths(workload.isl, len(arrival), rng, scale, t_s=arrival)
+    osl = sample_lengths(workload.osl, len(arrival), rng, t_s=arrival)
     return Requests(arrival.astype(np.float64), isl, osl)
+
+
+def expected_requests(workload: WorkloadSpec, duration_s: float) -> float | None:
+    """The expected request count of an open-loop workload over [0, duration_s), from the
+    rate schedule's integral without drawing anything (a size guard before a run); None
+    for a trace (its file bounds it) or a closed loop (its users and service bound it)."""
+    if workload.arrival is None:
+        return None
+    rate = workload.arrival.rate
+    if isinstance(rate, SineRate):
+        return max(rate.mean, 0.0) * duration_s  # within one amplitude-period of the truth
+    if isinstance(rate, PiecewiseRate):
+        starts = np.array([p[0] for p in rate.points], dtype=float)
+        rates = np.array([p[1] for p in rate.points], dtype=float)
+    else:
+        starts, rates = piecewise_rate(rate, duration_s)
+    keep = starts < duration_s
+    starts, rates = starts[keep], rates[keep]
+    return float(_cumulative(starts, rates, duration_s)[-1])

@@ -57,7 +57,7 @@ def _timing_for(source, profile, scenario: Scenario | None):
             from planner.analytic import analytic_profile
 
             a = spec.analytic
-            profile = analytic_profile(a.model, a.gpu, dtype=a.dtype, tp=a.tp)
+            profile = analytic_profile(a.model, a.gpu, dtype=a.dtype, tp=a.tp, ep=a.ep)
     else:
         profile = profile or source
     return EngineTiming(profile, **kv)

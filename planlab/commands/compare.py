@@ -39,7 +39,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seeds", type=int, default=1, help="seeds per policy (default 1)")
     p.add_argument("--jobs", type=int, help="worker processes (default: CPU count; 1 inline)")
+    p.add_argument(
+        "--cluster",
+        metavar="tcp://HOST:8786|local",
+        help="run on a Dask cluster (a scheduler address, or local: a LocalCluster of --jobs "
+        "worker processes on 127.0.0.1); needs planlab[dask]",
+    )
     p.add_argument("--out", metavar="DIR", help="output folder (default results/compare-<time>)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --out when it holds an earlier planlab comparison (never other files)",
+    )
     p.add_argument("--run-reports", action="store_true", help="also write each run's report")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=main)
@@ -52,18 +63,29 @@ def parse_list(text: str, what: str) -> list[str]:
     return items
 
 
+# What planlab writes into a comparison folder: a --force rerun replaces only these.
+COMPARE_DIR_ENTRIES = frozenset(("compare.csv", "compare.html", "plots", "runs"))
+
+
 def main(args: argparse.Namespace) -> int:
     from planlab.compare import compare, format_table, resolve_inputs
+    from planlab.distributed import make_backend
+    from planlab.results import check_out_dir, claim_new_dir
 
-    if args.jobs is not None and args.jobs < 1:
-        raise ConfigError(f"--jobs {args.jobs}: expected a positive number of processes")
+    backend = make_backend(args.jobs, args.cluster)
     scenarios, run_dirs = resolve_inputs(args.inputs)
     policies = parse_list(args.policies, "policies") if scenarios else []
-    out = (
-        Path(args.out)
-        if args.out
-        else Path("results") / datetime.now().strftime("compare-%Y%m%d-%H%M%S")
-    )
+    if args.out:
+        out = Path(args.out)
+        check_out_dir(
+            out,
+            force=args.force,
+            markers=("compare.csv", "runs"),
+            entries=COMPARE_DIR_ENTRIES,
+            what="comparison",
+        )
+    else:
+        out = claim_new_dir(Path("results") / datetime.now().strftime("compare-%Y%m%d-%H%M%S"))
     bar = ProgressBar(enabled=not args.quiet, delay_s=0.0)
     try:
         df = compare(
@@ -73,6 +95,7 @@ def main(args: argparse.Namespace) -> int:
             out,
             jobs=args.jobs,
             progress=bar.runs,
+            backend=backend,
             run_dirs=run_dirs,
             run_reports=args.run_reports,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 from planner.errors import ConfigError
 from planner.observation import Observation
@@ -42,26 +43,75 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gpu", default="h200", help="GPU for --analytic (default h200)")
     p.add_argument("--dtype", default="fp8", help="dtype for --analytic (default fp8)")
     p.add_argument("--tp", type=int, default=1, help="tensor parallel degree for --analytic")
-    p.add_argument("--num-req", type=float, required=True, help="requests observed in the interval")
-    p.add_argument("--isl", type=float, required=True, help="mean input length (tokens)")
-    p.add_argument("--osl", type=float, required=True, help="mean output length (tokens)")
-    p.add_argument("--interval", type=float, default=180.0, help="adjustment interval, s (180)")
-    p.add_argument("--ttft", type=float, default=500.0, help="TTFT target, ms (500)")
-    p.add_argument("--itl", type=float, default=50.0, help="ITL target, ms (50)")
-    p.add_argument("--policy", default="dynamo", help="policy name (dynamo)")
-    p.add_argument("--budget", type=int, default=None, help="max GPU budget (none)")
-    p.add_argument("--min-replicas", type=int, default=1)
-    p.add_argument("--gpus-per-prefill", type=int, default=1)
-    p.add_argument("--gpus-per-decode", type=int, default=1)
     p.add_argument(
-        "--observed-ttft", type=float, help="observed mean TTFT, ms (turns correction on)"
+        "--num-req", type=finite, required=True, help="requests observed in the interval"
     )
-    p.add_argument("--observed-itl", type=float, help="observed mean ITL, ms (turns correction on)")
-    p.add_argument("--request-duration", type=float, help="observed mean request duration, s")
+    p.add_argument("--isl", type=finite, required=True, help="mean input length (tokens)")
+    p.add_argument("--osl", type=finite, required=True, help="mean output length (tokens)")
+    # Second names are Dynamo planner's flags, for users who type those.
+    p.add_argument(
+        "--interval",
+        "--adjustment-interval",
+        type=finite,
+        default=180.0,
+        help="adjustment interval, s (180)",
+    )
+    p.add_argument("--ttft", type=finite, default=500.0, help="TTFT target, ms (500)")
+    p.add_argument("--itl", type=finite, default=50.0, help="ITL target, ms (50)")
+    p.add_argument("--policy", default="dynamo", help="policy name (dynamo)")
+    p.add_argument(
+        "--budget", "--max-gpu-budget", type=int, default=None, help="max GPU budget (none)"
+    )
+    p.add_argument("--min-replicas", "--min-endpoint", type=int, default=1)
+    p.add_argument("--gpus-per-prefill", "--prefill-engine-num-gpu", type=int, default=1)
+    p.add_argument("--gpus-per-decode", "--decode-engine-num-gpu", type=int, default=1)
+    p.add_argument(
+        "--no-correction",
+        action="store_true",
+        help="no correction from observed latencies, even with --observed-ttft/--observed-itl",
+    )
+    p.add_argument(
+        "--observed-ttft", type=finite, help="observed mean TTFT, ms (turns correction on)"
+    )
+    p.add_argument(
+        "--observed-itl", type=finite, help="observed mean ITL, ms (turns correction on)"
+    )
+    p.add_argument("--request-duration", type=finite, help="observed mean request duration, s")
     p.add_argument("--prefill-replicas", type=int, default=1, help="current ready prefill replicas")
     p.add_argument("--decode-replicas", type=int, default=1, help="current ready decode replicas")
     p.add_argument("--json", action="store_true", help="print the DecisionRecord as JSON")
     p.set_defaults(func=run)
+
+
+ANALYTIC_FLAGS = {"model": "--analytic", "gpu": "--gpu", "dtype": "--dtype", "tp": "--tp"}
+
+
+def finite(text: str) -> float:
+    """An argparse type: a finite number (nan and inf are bad input, exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def check_in_profile(profile, isl: float, osl: float) -> None:
+    """An ISL the profile does not cover is bad input, not an extrapolation to trust."""
+    top = float(profile.prefill_isl.max())
+    if isl > top:
+        raise ConfigError(
+            f"{isl:g} tokens is outside the profile {profile.name} (prefill measured up to "
+            f"{top:g} tokens); expected an ISL within the profile",
+            key="--isl",
+        )
+    if isl + osl > profile.max_kv_tokens:
+        raise ConfigError(
+            f"ISL + OSL = {isl + osl:g} tokens exceed the profile's KV capacity of one decode "
+            f"engine ({profile.max_kv_tokens} tokens): no engine can serve such a request",
+            key="--osl",
+        )
 
 
 def _positive(name: str, value: float | None) -> None:
@@ -89,9 +139,17 @@ def run(args: argparse.Namespace) -> int:
     if args.profile:
         profile = load_profile(args.profile)
     else:
-        profile = analytic_profile(args.analytic or "llama-3.1-8b", args.gpu, args.dtype, args.tp)
+        try:
+            profile = analytic_profile(
+                args.analytic or "llama-3.1-8b", args.gpu, args.dtype, args.tp
+            )
+        except ConfigError as exc:  # name the flag the user typed, not the scenario key
+            flag = ANALYTIC_FLAGS.get((exc.key or "").rpartition(".")[2], exc.key)
+            raise ConfigError(exc.detail, key=flag) from None
+    check_in_profile(profile, args.isl, args.osl)
 
-    correction = args.observed_ttft is not None and args.observed_itl is not None
+    observed = args.observed_ttft is not None and args.observed_itl is not None
+    correction = observed and not args.no_correction
     if (args.observed_ttft is None) != (args.observed_itl is None):
         raise ConfigError(
             "give both --observed-ttft and --observed-itl, or neither", key="--observed-ttft"
@@ -120,12 +178,12 @@ def run(args: argparse.Namespace) -> int:
         isl_mean=args.isl,
         osl_mean=args.osl,
         ttft_mean_ms=args.observed_ttft
-        if correction
+        if observed
         else float(profile.prefill_ttft_ms_at(args.isl)),
         ttft_p50_ms=None,
         ttft_p90_ms=None,
         ttft_p99_ms=None,
-        itl_mean_ms=args.observed_itl if correction else args.itl,
+        itl_mean_ms=args.observed_itl if observed else args.itl,
         itl_p50_ms=None,
         itl_p90_ms=None,
         itl_p99_ms=None,

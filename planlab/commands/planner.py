@@ -10,6 +10,10 @@ The config file (YAML; deploy/configmap.yaml holds an example):
                  dgd_name, prefill_service, decode_service, startup_timeout, ...}
       or
     emulator: {url}            a running `planlab emulate` frontend (read-only: advisory)
+      or
+    server: {url, prefill, decode}   a bare OpenAI-compatible server (one vLLM) that
+                               cannot be scaled: its /health says ready, the planner is
+                               advisory (decides and records, never scales)
     metrics: {address, port}   where the daemon serves its own gauges
 """
 
@@ -36,6 +40,7 @@ TOP_KEYS = (
     "prometheus",
     "kubernetes",
     "emulator",
+    "server",
     "metrics",
 )
 PROM_KEYS = (
@@ -104,25 +109,29 @@ def load_config(path: str | Path) -> dict[str, Any]:
     """Read and validate the daemon config; returns the parsed parts (scenario, prometheus
     settings, connector settings, metrics address). ConfigError names file and key."""
     from scenario import parse_duration, parse_scenario
+    from scenario.schema import load_yaml, yaml_error_text
 
     path = Path(path)
     source = str(path)
     if not path.is_file():
         raise ConfigError("config file not found; expected a YAML file", source=source)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark is not None else ""
-        raise ConfigError(f"{where}invalid YAML", source=source) from None
+        raise ConfigError(yaml_error_text(exc), source=source) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"cannot read the file ({exc}); expected UTF-8 YAML", source=source
+        ) from None
     data = _mapping(data, source, "", TOP_KEYS)
+    data = dynamo_aliases(data, source)
     for key in ("model", "prometheus"):
         if key not in data:
             raise ConfigError("missing; expected a mapping", source=source, key=key)
-    if ("kubernetes" in data) == ("emulator" in data):
+    if sum(k in data for k in ("kubernetes", "emulator", "server")) != 1:
         raise ConfigError(
-            "expected exactly one of kubernetes (scale Deployments or a DGD) or emulator "
-            "(a running planlab emulate frontend)",
+            "expected exactly one of kubernetes (scale Deployments or a DGD), emulator "
+            "(a running planlab emulate frontend) or server (a bare server, advisory)",
             source=source,
             key="kubernetes",
         )
@@ -181,11 +190,22 @@ def load_config(path: str | Path) -> dict[str, Any]:
         ),
     }
 
-    kube = emulator = None
+    kube = emulator = server = None
     if "kubernetes" in data:
         from live.kubernetes import parse_kubernetes_settings
 
         kube = parse_kubernetes_settings(data["kubernetes"], source)
+    elif "server" in data:
+        srv = _mapping(data["server"], source, "server", ("url", "prefill", "decode"))
+        url = srv.get("url")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise _fail(source, "server.url", url, "the server's http:// base URL")
+        server = {"url": url.rstrip("/")}
+        for role in ("prefill", "decode"):
+            n = srv.get(role, 1)
+            if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+                raise _fail(source, f"server.{role}", n, "an integer >= 0 (replicas it counts as)")
+            server[role] = n
     else:
         emu = _mapping(data["emulator"], source, "emulator", ("url",))
         emulator = emu.get("url")
@@ -204,8 +224,64 @@ def load_config(path: str | Path) -> dict[str, Any]:
         "prometheus": prometheus,
         "kubernetes": kube,
         "emulator": emulator,
+        "server": server,
         "metrics": {"address": address, "port": port},
     }
+
+
+# Dynamo 1.6's planner config keys (dynamo/planner/config/planner_config.py in the
+# ai-dynamo 1.6.1 wheel) that mean what a planlab key means, accepted in the `planner:`
+# section so a Dynamo user's settings carry over: alias -> (planlab key path, transform).
+DYNAMO_ALIASES: dict[str, tuple[tuple[str, ...], Any]] = {
+    "throughput_adjustment_interval_seconds": (("planner", "interval"), None),
+    "adjustment_interval": (("planner", "interval"), None),  # Dynamo's flag before 1.6
+    "max_gpu_budget": (("planner", "max_gpu_budget"), None),
+    "min_endpoint": (("planner", "min_replicas"), None),
+    "load_predictor": (("planner", "predictor"), None),
+    "no_correction": (("planner", "correction"), "negate"),
+    "prefill_engine_num_gpu": (("cluster", "prefill", "gpus_per_replica"), None),
+    "decode_engine_num_gpu": (("cluster", "decode", "gpus_per_replica"), None),
+    "ttft_ms": (("sla", "ttft_ms"), None),
+    "itl_ms": (("sla", "itl_ms"), None),
+    "metric_pulling_prometheus_endpoint": (("prometheus", "url"), None),
+    "model_name": (("prometheus", "model"), None),
+}
+
+
+def dynamo_aliases(data: dict, source: str) -> dict:
+    """A copy of the config with Dynamo's key names in `planner:` moved to planlab's; the
+    same setting given under both names with different values is an error."""
+    planner = data.get("planner")
+    if not isinstance(planner, dict) or not any(k in DYNAMO_ALIASES for k in planner):
+        return data
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    out["planner"] = dict(planner)
+    for alias in [k for k in planner if k in DYNAMO_ALIASES]:
+        path, transform = DYNAMO_ALIASES[alias]
+        value = out["planner"].pop(alias)
+        if transform == "negate":
+            if not isinstance(value, bool):
+                raise _fail(source, f"planner.{alias}", value, "true or false")
+            value = not value
+        node = out
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = {}
+            elif not isinstance(child, dict):
+                raise _fail(source, ".".join(path[: i + 1]), child, "a mapping")
+            node[part] = child = dict(child)
+            node = child
+        leaf = path[-1]
+        if leaf in node and node[leaf] != value:
+            raise ConfigError(
+                f"Dynamo's name for {'.'.join(path)} (= {value!r}), which is also given as "
+                f"{node[leaf]!r}; expected one of the two",
+                source=source,
+                key=f"planner.{alias}",
+            )
+        node[leaf] = value
+    return out
 
 
 def build_daemon(cfg: dict[str, Any], args: argparse.Namespace):
@@ -228,6 +304,16 @@ def build_daemon(cfg: dict[str, Any], args: argparse.Namespace):
                 key="emulator",
             )
         connector = EmulatorConnector(cfg["emulator"])
+    elif cfg.get("server") is not None:
+        from live.advisory import AdvisoryConnector
+
+        srv = cfg["server"]
+        if not advisory:
+            log.warning("server: %s cannot be scaled; the planner is advisory", srv["url"])
+        advisory = True
+        connector = AdvisoryConnector(
+            f"{srv['url']}/health", prefill=srv["prefill"], decode=srv["decode"]
+        )
     else:
         from live.kubernetes import KubernetesConnector
 

@@ -7,6 +7,7 @@ own function from `main`, so both share the argument parsing and the printed tab
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ EXAMPLES = """examples:
   planlab run scenarios/quickstart.yaml
   planlab run scenarios/ramp.yaml --policy static --seed 3 --out results/ramp-static
   planlab run scenarios/steady.yaml --set planner.interval=30s --no-report
+  planlab run scenarios/live-step.yaml --live --stack dynamo   # needs planlab[dynamo]
+  planlab run scenarios/live-vllm.yaml --live --stack vllm   (needs planlab[vllm])
 """
 
 
@@ -34,7 +37,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("scenario", metavar="SCENARIO", help="a scenario YAML file")
     p.add_argument("--policy", help="override planner.policy (static, dynamo, ...)")
     p.add_argument("--seed", type=int, help="override the scenario's seed")
-    p.add_argument("--out", metavar="DIR", help="results directory (default results/<run>)")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="results directory (default results/<scenario>-<policy>-<time>); must be new or "
+        "empty, or an earlier planlab run with --force",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --out when it holds an earlier planlab run (never other files)",
+    )
+    p.add_argument(
+        "--max-requests",
+        type=int,
+        metavar="N",
+        help="allow a scenario expected to generate more than 5,000,000 requests "
+        "(about 0.5 KiB of memory each)",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -65,20 +85,50 @@ def overrides_from(args: argparse.Namespace) -> dict[str, str]:
 
 
 def main(args: argparse.Namespace) -> int:
-    live_only = [f for f in ("emulate", "frontend", "prometheus", "kube_namespace", "dgd",
-                             "advisory") if getattr(args, f, None)]  # fmt: skip
+    live_only = [f for f in ("emulate", "stack", "stack_startup", "frontend", "prometheus",
+                             "kube_namespace", "dgd", "advisory") if getattr(args, f, None)]  # fmt: skip
     if live_only and not getattr(args, "live", False):
         flag = "--" + live_only[0].replace("_", "-")
         raise ConfigError("only applies to a live run; add --live", key=flag)
     if getattr(args, "live", False):
+        from live.stacks import StackError
         from planlab.live_run import run_live  # the live driver's path
 
-        outcome = run_live(args, overrides_from(args))
+        try:
+            outcome = run_live(args, overrides_from(args))
+        except StackError as exc:  # a stack that did not come up: its logs are named
+            print(f"planlab: error: {exc}", file=sys.stderr)
+            return 1
         if not args.no_report:
             _report(outcome.out_dir)
         print_summary(outcome.summary, outcome.out_dir)
-        return 0
+        return _live_exit_code(outcome.summary)
     return run_simulated(args)
+
+
+# A live run in which more than this share of the finished requests failed is a failed run
+# (exit 1): the numbers describe the errors, not the serving stack.
+LIVE_FAILED_SHARE = 0.5
+
+
+def _live_exit_code(summary: dict[str, Any]) -> int:
+    req = summary["requests"]
+    finished = req["completed"] + req["failed"]
+    if finished and req["failed"] / finished > LIVE_FAILED_SHARE:
+        reasons = _reasons_text(req.get("failure_reasons") or {})
+        print(
+            f"planlab: the live run failed: {req['failed']} of {finished} requests failed "
+            f"({reasons}); the results are kept for diagnosis",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _reasons_text(reasons: dict[str, int], top: int = 3) -> str:
+    items = list(reasons.items())
+    text = "; ".join(f"{n} x {why}" for why, n in items[:top])
+    return text + (f"; {len(items) - top} other reasons" if len(items) > top else "")
 
 
 def run_simulated(args: argparse.Namespace) -> int:
@@ -87,7 +137,13 @@ def run_simulated(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.scenario, overrides_from(args) or None)
     bar = ProgressBar(enabled=not args.quiet)
     try:
-        outcome = run_scenario(scenario, out_dir=args.out, progress=bar.sim)
+        outcome = run_scenario(
+            scenario,
+            out_dir=args.out,
+            progress=bar.sim,
+            force=args.force,
+            max_requests=args.max_requests,
+        )
     finally:
         bar.close()
     if not args.no_report:
@@ -97,10 +153,21 @@ def run_simulated(args: argparse.Namespace) -> int:
 
 
 def _report(out_dir: Path | None) -> None:
+    """Draw the report; Ctrl-C here keeps the run's data (they are complete) and says how
+    to finish the report later."""
     from planlab.report import write_report
 
-    if out_dir is not None:
+    if out_dir is None:
+        return
+    try:
         write_report(out_dir)
+    except KeyboardInterrupt:
+        print(
+            f"planlab: interrupted while drawing the report; the run's data in {out_dir} are "
+            f"complete; `planlab report {out_dir}` draws the report",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None
 
 
 def _fmt(x: Any, spec: str = ".1f") -> str:
@@ -154,6 +221,8 @@ def print_summary(summary: dict[str, Any], out_dir: Path | None) -> None:
                 + ("requests/s driven)" if live else "simulated requests/s)"),
             )
         )
+    if req["failed"]:
+        rows.append(("failures", _reasons_text(req.get("failure_reasons") or {})))
     if out_dir is not None:
         rows.append(("results", str(out_dir)))
     width = max(len(k) for k, _ in rows)

@@ -42,6 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policy", help="override planner.policy (with --max-rate: default static)")
     p.add_argument("--out", metavar="DIR", help="output folder (default results/sweep-<name>)")
     p.add_argument("--jobs", type=int, help="worker processes (default: CPU count; 1 inline)")
+    p.add_argument(
+        "--cluster",
+        metavar="tcp://HOST:8786|local",
+        help="run on a Dask cluster (a scheduler address, or local: a LocalCluster of --jobs "
+        "worker processes on 127.0.0.1); needs planlab[dask]",
+    )
     p.add_argument("--max-rate", action="store_true", help="goodput search instead of a grid")
     p.add_argument(
         "--tolerance",
@@ -53,20 +59,43 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=main)
 
 
+# What planlab writes into a sweep folder (a sweep there is resumed).
+SWEEP_DIR_ENTRIES = frozenset(
+    ("sweep.csv", "plots", "points", "max_rate.json", "max_rate_steps.csv")
+)
+
+
 def main(args: argparse.Namespace) -> int:
+    from planlab.distributed import make_backend
+    from planlab.results import check_out_dir
     from planlab.sweep import find_max_rate, parse_sets, sweep, write_max_rate
     from scenario import load_scenario
 
-    if args.jobs is not None and args.jobs < 1:
-        raise ConfigError(f"--jobs {args.jobs}: expected a positive number of processes")
+    backend = make_backend(args.jobs, args.cluster)
     axes = parse_sets(args.set)
     base = load_scenario(args.scenario)
     out = Path(args.out) if args.out else Path("results") / f"sweep-{base.name}"
+    # An earlier sweep there is resumed on purpose; anything else of the user's is refused.
+    check_out_dir(
+        out,
+        force=True,
+        markers=("sweep.csv", "points", "max_rate.json"),
+        entries=SWEEP_DIR_ENTRIES,
+        what="sweep",
+    )
     if args.max_rate:
         return _max_rate(args, axes, out, find_max_rate, write_max_rate, load_scenario)
     bar = ProgressBar(enabled=not args.quiet, delay_s=0.0)
     try:
-        df = sweep(args.scenario, axes, out, policy=args.policy, jobs=args.jobs, progress=bar.runs)
+        df = sweep(
+            args.scenario,
+            axes,
+            out,
+            policy=args.policy,
+            jobs=args.jobs,
+            progress=bar.runs,
+            backend=backend,
+        )
     finally:
         bar.close()
     keys = [k for k, _ in axes]

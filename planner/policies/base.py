@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Protocol
 
 from planner.errors import ConfigError, number_in
@@ -28,9 +28,16 @@ PolicyFactory = Callable[..., Policy]
 POLICIES: dict[str, PolicyFactory] = {}
 
 
-def register(name: str) -> Callable[[PolicyFactory], PolicyFactory]:
+# The `planner.options` keys each policy reads; a key no policy reads is a typo (an error),
+# a key another policy reads is left alone (one scenario's options serve every policy that
+# `planlab compare` runs).
+POLICY_OPTIONS: dict[str, tuple[str, ...]] = {}
+
+
+def register(name: str, options: Iterable[str] = ()) -> Callable[[PolicyFactory], PolicyFactory]:
     def deco(factory: PolicyFactory) -> PolicyFactory:
         POLICIES[name] = factory
+        POLICY_OPTIONS[name] = tuple(options)
         return factory
 
     return deco

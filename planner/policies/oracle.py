@@ -31,7 +31,7 @@ from planner.profile import PerfProfile
 from planner.types import Decision, PlannerConfig, ReplicaState
 
 
-@register("oracle")
+@register("oracle", options=("prefill_utilisation", "decode_utilisation"))
 class OraclePolicy:
     name = "oracle"
 

@@ -203,7 +203,7 @@ def _kv_quantile(mean: float, z: float, context_cv2: float) -> float:
     return mean + z * math.sqrt(mean * (1.0 + context_cv2)) + 0.5
 
 
-@register("slaplan")
+@register("slaplan", options=(*DEFAULTS, "isl_cv", "arrival_cv2", "router"))
 class SlaPlanPolicy:
     name = "slaplan"
 

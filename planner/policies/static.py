@@ -7,7 +7,7 @@ from planner.policies.base import apply_budget, clamp_min_max, register
 from planner.types import Decision, PlannerConfig, ReplicaState
 
 
-@register("static")
+@register("static", options=("prefill", "decode"))
 class StaticPolicy:
     """Holds `options.prefill` / `options.decode` when given, else the desired counts it
     first sees, so a worker lost to a fault is replaced but load never changes the size."""

@@ -48,7 +48,7 @@ BOUNDS = {
 }
 
 
-@register("threshold")
+@register("threshold", options=tuple(DEFAULTS))
 class ThresholdPolicy:
     name = "threshold"
 

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from live.emulator import start_emulated_cluster
 from live.emulator.workers import FixedTiming
-from live.loadgen import REQUEST_COLUMNS, LoadGenerator, SSEParser
+from live.loadgen import OUTPUT_TOKENS_COLUMN, REQUEST_COLUMNS, LoadGenerator, SSEParser
 from planner import metrics as m
 
 pytestmark = pytest.mark.timeout(60)
@@ -179,7 +179,9 @@ def test_failures_are_per_request_and_the_run_completes():
     assert ok.ttft_s is not None and ok.ttft_s >= 0.009
     assert ok.e2e_s >= ok.ttft_s + ok.gaps_s.sum()
     row = ok.row()
-    assert tuple(row) == REQUEST_COLUMNS
+    assert tuple(row) == (*REQUEST_COLUMNS, OUTPUT_TOKENS_COLUMN)
+    # osl asked 4 and the server produced 4 (its usage chunk); requests.csv keeps both.
+    assert row["osl"] == 4 and row[OUTPUT_TOKENS_COLUMN] == 4
     assert row["tpot_ms"] == pytest.approx(ok.gaps_s.sum() / 3 * 1000)
     failed = by_osl[1].row()
     assert failed["ttft_ms"] is None and failed["e2e_s"] is None
@@ -236,6 +238,21 @@ def test_prompt_and_body_sizes():
     plain = json.loads(LoadGenerator("http://127.0.0.1:1").body(5, 2))
     assert "planlab_isl" not in plain and "ignore_eos" not in plain
     assert plain["messages"][0]["content"] == "the " * 5
+    assert "min_tokens" not in plain and body["min_tokens"] == 7
+
+
+def test_prompts_are_unique_per_request_and_run_at_the_same_length():
+    gen = LoadGenerator("http://127.0.0.1:1", api="completions", prompt_salt="ab12")
+    prompts = [json.loads(gen.body(200, 4, i))["prompt"] for i in range(50)]
+    assert len(set(prompts)) == 50
+    assert all(len(p) == 4 * 200 for p in prompts)
+    assert prompts[7].startswith("ab12-7 the the ")
+    # vLLM hashes prompt tokens in blocks of 16: different first characters -> no shared block.
+    assert len({p[:16] for p in prompts}) == 50
+    other_run = LoadGenerator("http://127.0.0.1:1", api="completions")
+    assert json.loads(other_run.body(200, 4, 7))["prompt"] != prompts[7]
+    same = LoadGenerator("http://127.0.0.1:1", api="completions", unique_prompts=False)
+    assert json.loads(same.body(200, 4, 7))["prompt"] == "the " * 200
 
 
 def test_connection_refused_is_per_request():

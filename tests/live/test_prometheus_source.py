@@ -164,8 +164,9 @@ class Exporter:
             )
             for key in m.HISTOGRAMS
         }
-        for key in (m.INFLIGHT, m.QUEUED):
-            Gauge(VLLM_NAMES[key], key, [VLLM_MODEL_LABEL], registry=reg).labels("v").set(2)
+        # vLLM's batch and queue: in flight (running + waiting) is 3 + 2.
+        for name, value in (("vllm:num_requests_running", 3), ("vllm:num_requests_waiting", 2)):
+            Gauge(name, name, [VLLM_MODEL_LABEL], registry=reg).labels("v").set(value)
         self.server = _serve(reg)
         self.port = self.server.server_port
 
@@ -300,7 +301,7 @@ def test_vllm_names(cluster):
     assert obs.ttft_mean_ms == pytest.approx(300)
     assert obs.itl_mean_ms == pytest.approx(20)
     assert obs.isl_mean == pytest.approx(800) and obs.osl_mean == pytest.approx(50)
-    assert stats.inflight == 2 and stats.queued == 2
+    assert stats.inflight == 5 and stats.queued == 2
     # The Dynamo names on the vLLM model label find nothing of model "v": zero, not vLLM's.
     dyn = PrometheusSource(prom.url, model="v").window(time.time(), 12.0)
     assert dyn.requests == 0.0

@@ -163,9 +163,9 @@ def _timeline() -> pd.DataFrame:
     )
 
 
-def _write(out, records=None, scenario=None):
+def _write(out, records=None, scenario=None, **kw):
     recs = [_record(60.0), {"t_s": 120.0, "x": NAN}] if records is None else records
-    return write_run(out, _requests(), _timeline(), recs, _summary(), scenario=scenario)
+    return write_run(out, _requests(), _timeline(), recs, _summary(), scenario=scenario, **kw)
 
 
 def test_file_formats(tmp_path):
@@ -217,10 +217,10 @@ def test_failure_keeps_an_existing_run_and_success_replaces_it(tmp_path):
     _write(out)
     (out / "stale.txt").write_text("from an older run")
     with pytest.raises(RuntimeError):
-        _write(out, records=_failing_records())
+        _write(out, records=_failing_records(), replace=True)
     assert (out / "stale.txt").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
-    _write(out)
+    _write(out, replace=True)  # the caller checked the directory (check_out_dir)
     assert not (out / "stale.txt").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
 

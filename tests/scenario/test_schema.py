@@ -349,7 +349,7 @@ def test_round_trip_of_every_section(tmp_path):
     data["workload"]["isl_scale"] = {"step": {"before": 1, "after": 3, "at": "10m"}}
     data["cluster"]["faults"] = [{"role": "decode", "rate_per_hour": 2}]
     data["cluster"]["prefill"].update(max_batch_tokens=8192, startup_jitter="10s")
-    data["planner"].update(max_replicas=6, predictor_options={"window": 3}, options={"x": [1, 2]})
+    data["planner"].update(max_replicas=6, predictor_options={"window": 12}, options={"prefill": 2})
     s = load_scenario(write(tmp_path, data))
     again = parse_scenario(yaml.safe_load(yaml.safe_dump(scenario_to_dict(s))), str(s.source))
     assert again == s
