@@ -30,11 +30,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-import httpx
+from typing import TYPE_CHECKING
 
 from planner import metrics as m
 from planner.observation import HistogramDelta, WindowStats
+
+if TYPE_CHECKING:
+    import httpx  # imported where a client is made: METRIC_SETS alone costs nothing
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +131,8 @@ class PrometheusSource:
         self.backoff_s = backoff_s
         self._bearer_token = bearer_token
         self._bearer_token_file = Path(bearer_token_file) if bearer_token_file else None
+        import httpx
+
         verify: bool | str = str(ca_file) if ca_file else verify_tls
         self._client = httpx.Client(timeout=timeout_s, verify=verify, transport=transport)
 
@@ -143,6 +147,8 @@ class PrometheusSource:
 
     def query(self, promql: str, t_s: float) -> _Result:
         """One instant query at t_s; retries connection errors, timeouts and 5xx."""
+        import httpx
+
         params = {"query": promql, "time": f"{t_s:.3f}"}
         last: str = ""
         for attempt in range(self.retries + 1):

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from planlab.compare import row_from_summary, run_jobs
 from planner.errors import ConfigError
 from scenario import Scenario, load_scenario
 
@@ -57,6 +56,7 @@ def suite_scenarios(suite_dir: Path = SUITE_DIR) -> list[SuiteScenario]:
 
 def _summary_row(scenario: Scenario, policy: str) -> dict[str, Any]:
     """One run without files (in a worker process): its compare row."""
+    from planlab.compare import row_from_summary
     from planlab.runner import run_scenario
 
     return row_from_summary(run_scenario(scenario, policy=policy, write=False).summary, None)
@@ -75,6 +75,8 @@ def run_suite(
         for s in scenarios
         for p in policies
     ]
+    from planlab.compare import run_jobs  # matplotlib: only when the suite runs
+
     rows = run_jobs(jobs_list, jobs, progress)
     crashed = [r for r in rows if r.get("status") != "ok"]
     if crashed:

@@ -12,29 +12,19 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pandas as pd
-
-from live.driver import PlannerDriver, TimelineSampler, gpu_seconds
-from live.loadgen import LoadGenerator
-from live.prometheus import METRIC_SETS, PrometheusSource
-from planlab.results import (
-    REQUEST_COLUMNS,
-    TIMELINE_COLUMNS,
-    check_out_dir,
-    compute_summary,
-    default_run_dir,
-)
-from planlab.results import write_run as write_results
 from planner import metrics as m
 from planner.errors import ConfigError
-from planner.loop import PlannerLoop
-from planner.policies import make_policy
-from planner.policies.base import validate_budget
 from planner.types import ReplicaState, RoleState
 from scenario import Scenario, load_scenario
+
+# The live stack (httpx, aiohttp, pandas) is imported by the functions that run live, so
+# that registering `planlab run`'s --live flags costs a plain run nothing.
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from live.prometheus import PrometheusSource
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +33,8 @@ RESULTS_ROOT = Path("results")
 
 def add_live_arguments(p: argparse.ArgumentParser) -> None:
     """The --live flags of `planlab run`."""
+    from live.prometheus import METRIC_SETS
+
     g = p.add_argument_group("live mode (--live)")
     g.add_argument("--live", action="store_true", help="drive a real or emulated cluster")
     g.add_argument(
@@ -53,7 +45,9 @@ def add_live_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--stack",
         metavar="NAME",
-        help="with --live: start a real serving stack on this machine (dynamo) and scale it",
+        help="with --live: start a real serving stack on this machine and run against it: "
+        "dynamo (Dynamo's frontend and mocker workers, scaled for real; planlab[dynamo]) or "
+        "vllm (one vLLM on CPU serving a tiny local model, advisory; planlab[vllm])",
     )
     g.add_argument(
         "--stack-startup",
@@ -76,11 +70,6 @@ def add_live_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--decode-deployment", metavar="NAME", help="decode Deployment (or service)")
     g.add_argument("--dgd", metavar="NAME", help="scale a DynamoGraphDeployment of this name")
     g.add_argument("--advisory", action="store_true", help="decide and record, never scale")
-    g.add_argument(
-        "--stack",
-        metavar="NAME",
-        help="with --live: start a real serving stack on this machine (live.stacks.NAME: vllm)",
-    )
 
 
 class StaticConnector:
@@ -127,6 +116,10 @@ class LiveOutcome:
 
 def _requests_frame(rows: list[dict]) -> pd.DataFrame:
     """The fixed columns first, then what the load generator added (output_tokens)."""
+    import pandas as pd
+
+    from planlab.results import REQUEST_COLUMNS
+
     extra = list(dict.fromkeys(k for r in rows for k in r if k not in REQUEST_COLUMNS))
     df = pd.DataFrame(rows, columns=list(REQUEST_COLUMNS) + extra)
     return df.sort_values("id", kind="stable").reset_index(drop=True)
@@ -214,6 +207,16 @@ async def run_live_scenario(
     connector every scrape interval. Returns the frames; writes nothing. An unreachable
     frontend or Prometheus, or a frontend that does not serve the model, is a ConfigError
     before the first request (preflight)."""
+    import numpy as np
+    import pandas as pd
+
+    from live.driver import PlannerDriver, TimelineSampler, gpu_seconds
+    from live.loadgen import LoadGenerator
+    from live.prometheus import METRIC_SETS, PrometheusSource
+    from planlab.results import TIMELINE_COLUMNS, compute_summary
+    from planner.loop import PlannerLoop
+    from planner.policies import make_policy
+
     await preflight(target)
     cfg = scenario.planner_config()
     planner = PlannerLoop(make_policy(cfg, profile), cfg)
@@ -510,7 +513,8 @@ def check_live_args(args: argparse.Namespace) -> None:
         ]
         if clash:
             raise ConfigError(
-                f"--stack starts its own serving stack; drop --{clash[0].replace('_', '-')}",
+                f"--stack starts its own frontend, workers and Prometheus; drop "
+                f"--{clash[0].replace('_', '-')}",
                 key="--stack",
             )
         load_stack(args.stack)  # an unknown name or a missing extra fails here, first
@@ -535,6 +539,9 @@ def check_live_args(args: argparse.Namespace) -> None:
 def run_live(args: argparse.Namespace, overrides: dict[str, str] | None = None) -> LiveOutcome:
     """The `--live` branch of `planlab run`: validate, run, write results/<run>/."""
     from planlab.profiles import resolve_model
+    from planlab.results import check_out_dir, default_run_dir
+    from planlab.results import write_run as write_results
+    from planner.policies.base import validate_budget
     from scenario.workload import generate
 
     check_live_args(args)

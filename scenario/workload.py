@@ -16,9 +16,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from planner.errors import ConfigError
 from scenario.types import (
@@ -32,6 +32,9 @@ from scenario.types import (
     TraceSpec,
     WorkloadSpec,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd  # only trace and length files need it: imported where they are read
 
 log = logging.getLogger(__name__)
 
@@ -325,6 +328,8 @@ def _numeric_columns(
     path: Path, frame: pd.DataFrame, columns: list[str], first_line: int = 2
 ) -> list[np.ndarray]:
     """Columns as float arrays; a missing, non-numeric or negative cell names its line."""
+    import pandas as pd
+
     out = []
     for col in columns:
         values = pd.to_numeric(frame[col], errors="coerce").to_numpy(dtype=float)
@@ -341,6 +346,8 @@ def _numeric_columns(
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
+    import pandas as pd
+
     try:
         # Every cell as text: numbers are checked per column so a bad one names its line.
         return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
@@ -392,6 +399,8 @@ def read_azure(path: Path) -> TraceArrays:
     if cols[0] == "arrived_at":
         (arrival,) = _numeric_columns(path, frame, ["arrived_at"])
     else:
+        import pandas as pd
+
         stamps = pd.to_datetime(frame["TIMESTAMP"], errors="coerce", format="ISO8601")
         bad = stamps.isna().to_numpy()
         if bad.any():

@@ -172,12 +172,10 @@ class SimConnector:
             if pool.spec.startup_jitter_s > 0:
                 j = pool.spec.startup_jitter_s
                 delay = max(0.0, delay + float(self.rng.uniform(-j, j)))
-            ev = self.env.timeout(delay, w)
-            ev.callbacks.append(self._on_ready)
+            self.env.call_later(delay, self._on_ready, w)
         return w
 
-    def _on_ready(self, ev) -> None:
-        w: Worker = ev._value
+    def _on_ready(self, w: Worker) -> None:
         if w.state != STARTING:
             return  # cancelled while starting
         w.state = READY

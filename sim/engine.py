@@ -9,13 +9,12 @@ event is ignored when it fires (SimPy cannot cancel a scheduled event).
 
 from __future__ import annotations
 
-import heapq
 from collections import deque
+from heapq import heappop, heappush
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    import simpy
-
+    from sim.clock import Clock
     from sim.prometheus import FrontendMetrics
     from sim.timing import EngineTiming
 
@@ -79,7 +78,7 @@ class EngineHost(Protocol):
     model, the frontend metrics, and the callbacks through which it reports. Workers
     never import the simulation (sim.simulate.Simulation implements this port)."""
 
-    env: simpy.Environment
+    env: Clock
     timing: EngineTiming
     metrics: FrontendMetrics
     preemptions: int
@@ -103,6 +102,7 @@ class Worker:
         self.sim = sim
         self.env = sim.env
         self.timing = sim.timing
+        self.metrics = sim.metrics
         self.wid = wid
         self.state = READY if ready else STARTING
         self.t_requested = t_s
@@ -118,8 +118,7 @@ class Worker:
         return self.state == READY
 
     def _schedule(self, delay_s: float, callback) -> None:
-        ev = self.env.timeout(delay_s, self.gen)
-        ev.callbacks.append(callback)
+        self.env.call_later(delay_s, callback, self.gen)
 
     def drain(self) -> None:
         self.state = DRAINING
@@ -204,8 +203,8 @@ class PrefillWorker(Worker):
         self.busy = True
         self._schedule(dt, self._end_step)
 
-    def _end_step(self, ev) -> None:
-        if ev._value != self.gen:
+    def _end_step(self, gen: int) -> None:
+        if gen != self.gen:
             return
         queue = self.queue
         done = []
@@ -334,7 +333,7 @@ class DecodeWorker(Worker):
             self.seq += 1
             key = (self.steps + req.osl - req.generated, self.seq, req)
             req.heap_key = key
-            heapq.heappush(self.heap, key)
+            heappush(self.heap, key)
             batch[req] = None
             if req.recompute:
                 self.recompute_tokens += need
@@ -358,79 +357,94 @@ class DecodeWorker(Worker):
             self.waiting.appendleft(req)
 
     def _boundary(self) -> None:
-        self._admit()
-        self._preempt_to_fit()
+        if self.waiting:
+            self._admit()
         batch = self.batch
         b = len(batch)
+        if b and self.kv + b > self.max_kv:
+            self._preempt_to_fit()
+            b = len(batch)
         if b == 0:
             self.busy = False
             self._maybe_release()
             return
         heap = self.heap
-        while heap[0][2].heap_key is not heap[0]:
-            heapq.heappop(heap)
-        n = heap[0][0] - self.steps
-        room = (self.max_kv - self.kv) // b
+        top = heap[0]
+        while top[2].heap_key is not top:
+            heappop(heap)
+            top = heap[0]
+        kv = self.kv
+        n = top[0] - self.steps
+        room = (self.max_kv - kv) // b
         if room < n:
             n = room
         if n > self.max_skip_steps:
             n = self.max_skip_steps
         timing = self.timing
-        dt = timing.decode_step_s(b, self.kv, self.kv / b)
-        if n * dt > self.max_skip_s:
-            n = max(1, int(self.max_skip_s / dt))
+        step_s = timing.decode_step_s
+        max_skip_s = self.max_skip_s
+        # The run's step time is the one at its midpoint (KV grows by b tokens a step); the
+        # step time now only caps n at max_skip_s, so skip it when a bound already does.
+        if n <= 1 or n * timing.decode_step_bound_s(kv) > max_skip_s:
+            dt = step_s(b, kv, kv / b)
+            if n * dt > max_skip_s:
+                n = max(1, int(max_skip_s / dt))
         if n > 1:
-            # the step time at the run's midpoint: KV grows by b tokens a step
-            mid = self.kv + b * (n - 1) * 0.5
-            dt = timing.decode_step_s(b, mid, mid / b)
+            mid = kv + b * (n - 1) * 0.5
+            dt = step_s(b, mid, mid / b)
         dt0 = dt
         if self.recompute_tokens:
             # preempted requests re-prefill their tokens on this engine (vLLM's recompute)
-            dt0 += timing.prefill_step_s(self.recompute_tokens)
+            dt0 += self.timing.prefill_step_s(self.recompute_tokens)
             self.recompute_tokens = 0
-        self.t0 = self.env.now
+        env = self.env
+        self.t0 = env._now
         self.n = n
         self.dt0 = dt0
         self.dt = dt
         self.busy = True
-        self._schedule(dt0 + (n - 1) * dt, self._end_run)
+        env.call_later(dt0 + (n - 1) * dt, self._end_run, self.gen)
 
-    def _end_run(self, ev) -> None:
-        if ev._value != self.gen:
+    def _end_run(self, gen: int) -> None:
+        if gen != self.gen:
             return
-        sim = self.sim
-        metrics = sim.metrics
+        metrics = self.metrics
         m = self.n
-        b = len(self.batch)
-        f = len(self.new_first)
+        batch = self.batch
+        b = len(batch)
+        new_first = self.new_first
+        f = len(new_first)
         if f:
             t_first = self.t0 + self.dt0
-            for req in self.new_first:
+            observe_ttft = metrics.observe_ttft
+            for req in new_first:
                 req.first_token_s = t_first
-                metrics.observe_ttft(t_first - req.arrival_s)
+                observe_ttft(t_first - req.arrival_s)
             self.new_first = []
         if b > f:
             metrics.observe_itl(self.dt0, b - f)
         if m > 1:
             metrics.observe_itl(self.dt, (m - 1) * b)
-        metrics.output_tokens += m * b
-        self.steps += m
-        self.kv += m * b
+        mb = m * b
+        metrics.output_tokens += mb
+        steps = self.steps + m
+        self.steps = steps
+        self.kv += mb
         heap = self.heap
-        steps = self.steps
-        batch = self.batch
-        now = self.env.now
-        while heap and heap[0][0] <= steps:
-            key = heapq.heappop(heap)
-            req = key[2]
-            if req.heap_key is not key:
-                continue
-            req.heap_key = None
-            del batch[req]
-            self.kv -= req.kv_at_admit + steps - req.admit_step
-            req.generated = req.osl
-            self.inflight -= 1
-            sim.complete(req, now)
+        if heap[0][0] <= steps:
+            sim = self.sim
+            now = self.env._now
+            while heap and heap[0][0] <= steps:
+                key = heappop(heap)
+                req = key[2]
+                if req.heap_key is not key:
+                    continue
+                req.heap_key = None
+                del batch[req]
+                self.kv -= req.kv_at_admit + steps - req.admit_step
+                req.generated = req.osl
+                self.inflight -= 1
+                sim.complete(req, now)
         self._boundary()
 
     def _take_inflight(self) -> list[Req]:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 import math
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import simpy
 from simpy.core import NORMAL, URGENT
 
 from planner.errors import ConfigError
@@ -25,6 +25,7 @@ from planner.policies import Policy, make_policy
 from planner.types import DecisionRecord, PlannerConfig
 from scenario import Scenario
 from scenario.workload import LengthSampler, Requests, generate, make_rng
+from sim.clock import Clock
 from sim.connector import SimConnector
 from sim.engine import DEAD, Req, Worker
 from sim.prometheus import FrontendMetrics, ScrapeStore, SimMetricsSource
@@ -74,56 +75,74 @@ class SimResult:
     workers: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _bytes(a: np.ndarray, dtype) -> memoryview:
+    return memoryview(np.ascontiguousarray(a, dtype)).cast("B")
+
+
 class _RequestLog:
-    """Per-request outcome columns, preallocated (grown by doubling for the closed loop)."""
+    """Per-request columns: the inputs (arrival, ISL, OSL) and the outcome, handed out as
+    numpy arrays at the end. Outcomes are written in place during the run into array.array
+    columns (8 bytes an entry; a store costs a third of a numpy scalar store); the closed
+    loop appends a row per request it makes."""
 
-    FLOAT = ("arrival_s", "first_token_s", "finish_s")
-    INT = (
-        "isl",
-        "osl",
-        "prefill_worker",
-        "decode_worker",
-        "status",
-        "preemptions",
-        "retries",
-        "error",
-    )
+    FLOAT = ("first_token_s", "finish_s")
+    INT = ("prefill_worker", "decode_worker", "status", "preemptions", "retries", "error")
 
-    def __init__(self, capacity: int):
-        self.n = 0
-        self.cols: dict[str, np.ndarray] = {}
+    def __init__(self, requests: Requests | None):
+        if requests is not None:
+            n = len(requests)
+        self.arrival_s, self.isl, self.osl = array("d"), array("q"), array("q")
+        if requests is not None:
+            n = len(requests)
+            self.arrival_s.frombytes(_bytes(requests.arrival_s, np.float64))
+            self.isl.frombytes(_bytes(requests.isl, np.int64))
+            self.osl.frombytes(_bytes(requests.osl, np.int64))
+        else:
+            n = 0
+        self.n = n
+        nan = array("d", [math.nan])
+        self.first_token_s = nan * n
+        self.finish_s = nan * n
+        self.prefill_worker = array("q", [-1]) * n
+        self.decode_worker = array("q", [-1]) * n
+        self.status = array("q", [0]) * n
+        self.preemptions = array("q", [0]) * n
+        self.retries = array("q", [0]) * n
+        self.error = array("q", [0]) * n
+
+    def add(self, arrival_s: float, isl: int, osl: int) -> int:
+        """A new request of the closed loop; returns its index."""
+        self.arrival_s.append(arrival_s)
+        self.isl.append(isl)
+        self.osl.append(osl)
         for name in self.FLOAT:
-            self.cols[name] = np.full(capacity, np.nan)
+            getattr(self, name).append(math.nan)
         for name in self.INT:
-            self.cols[name] = np.full(capacity, -1 if "worker" in name else 0, dtype=np.int64)
-
-    def ensure(self, n: int) -> None:
-        cap = len(self.cols["arrival_s"])
-        if n <= cap:
-            return
-        new = max(n, 2 * cap, 1024)
-        for name, arr in self.cols.items():
-            fill = np.nan if name in self.FLOAT else (-1 if "worker" in name else 0)
-            grown = np.full(new, fill, dtype=arr.dtype)
-            grown[:cap] = arr
-            self.cols[name] = grown
+            getattr(self, name).append(-1 if name.endswith("worker") else 0)
+        self.n += 1
+        return self.n - 1
 
     def finish(self, req: Req, status: int, now: float, error: int = 0) -> None:
-        c = self.cols
         i = req.idx
-        c["status"][i] = status
+        self.status[i] = status
         if error:
-            c["error"][i] = error
-        c["finish_s"][i] = now
+            self.error[i] = error
+        self.finish_s[i] = now
         if req.first_token_s >= 0:
-            c["first_token_s"][i] = req.first_token_s
-        c["prefill_worker"][i] = req.prefill_worker
-        c["decode_worker"][i] = req.decode_worker
-        c["preemptions"][i] = req.preemptions
-        c["retries"][i] = req.retries
+            self.first_token_s[i] = req.first_token_s
+        self.prefill_worker[i] = req.prefill_worker
+        self.decode_worker[i] = req.decode_worker
+        self.preemptions[i] = req.preemptions
+        self.retries[i] = req.retries
 
     def table(self) -> dict[str, np.ndarray]:
-        return {k: v[: self.n] for k, v in self.cols.items()}
+        names = ("arrival_s",) + self.FLOAT + ("isl", "osl") + self.INT
+        return {
+            name: np.frombuffer(
+                getattr(self, name), np.float64 if name.endswith("_s") else np.int64
+            )
+            for name in names
+        }
 
 
 class Simulation:
@@ -145,7 +164,7 @@ class Simulation:
         self.cfg = cfg
         self.options = options
         self.duration_s = float(scenario.duration_s)
-        self.env = simpy.Environment()
+        self.env = Clock()
         cluster = scenario.cluster
         self.prefill_budget = int(cluster.prefill.max_batch_tokens or options.prefill_budget_tokens)
         self.timing = EngineTiming(
@@ -158,7 +177,9 @@ class Simulation:
         self.max_skip_steps = options.max_skip_steps
         self.max_skip_s = options.max_skip_s
         self.metrics = FrontendMetrics()
-        self.store = ScrapeStore()
+        # Every scrape the run can make, so the matrix is never copied to grow.
+        scrapes = (self.duration_s + options.drain_limit_s) / scenario.prometheus.scrape_interval_s
+        self.store = ScrapeStore(capacity=int(scrapes) + 2)
         self.source = SimMetricsSource(self.store)
         if cluster.router not in ROUTERS:
             raise ConfigError(
@@ -178,12 +199,7 @@ class Simulation:
 
         self.requests = requests
         self.closed = scenario.workload.closed_loop if requests is None else None
-        self.log = _RequestLog(len(requests) if requests is not None else 1024)
-        if requests is not None:
-            self.log.n = len(requests)
-            self.log.cols["arrival_s"][:] = requests.arrival_s
-            self.log.cols["isl"][:] = requests.isl
-            self.log.cols["osl"][:] = requests.osl
+        self.log = _RequestLog(requests)
         self.user_rng = make_rng(seed + 3)
 
         self.pending = {"prefill": deque(), "decode": deque()}  # no worker ready
@@ -231,11 +247,12 @@ class Simulation:
 
     def _transfer(self, req: Req, w) -> None:
         w.reserve(req)
-        ev = self.env.timeout(self.timing.kv_transfer_s(req.isl + req.generated), (req, w))
-        ev.callbacks.append(self._landed)
+        self.env.call_later(
+            self.timing.kv_transfer_s(req.isl + req.generated), self._landed, (req, w)
+        )
 
-    def _landed(self, ev) -> None:
-        req, w = ev._value
+    def _landed(self, req_w: tuple[Req, Worker]) -> None:
+        req, w = req_w
         if w.state == DEAD:
             w.inflight -= 1
             w.incoming -= 1
@@ -262,9 +279,7 @@ class Simulation:
 
     def _after_finish(self, req: Req) -> None:
         if self.closed is not None and not self.arrivals_done:
-            think = self.closed.think_time_s
-            ev = self.env.timeout(think, req.user)
-            ev.callbacks.append(self._user_next)
+            self.env.call_later(self.closed.think_time_s, self._user_next, req.user)
         elif self.arrivals_done and self.completed + self.failed == self.arrived:
             if not self.stop.triggered:
                 self.stop.succeed()
@@ -305,17 +320,27 @@ class Simulation:
 
     # -- processes -----------------------------------------------------------------
 
-    def _arrivals(self):
-        env = self.env
-        reqs = self.requests
-        arrival = reqs.arrival_s.tolist()
-        isl = reqs.isl.tolist()
-        osl = reqs.osl.tolist()
-        for i in range(len(arrival)):
+    def _start_arrivals(self) -> None:
+        # One callback per distinct arrival time, each scheduling the next: the same events
+        # in the same order as a SimPy process that yields a timeout per gap (it was one).
+        # The log's array.array columns, not lists: a million Python floats and ints would
+        # be 80 MB more (an element becomes a Python number only when it is read).
+        self._arrival = self.log.arrival_s
+        self._isl = self.log.isl
+        self._osl = self.log.osl
+        self.env.call_later(0, self._arrive, 0, URGENT)  # where the process would start
+
+    def _arrive(self, i: int) -> None:
+        arrival = self._arrival
+        n = len(arrival)
+        now = self.env._now
+        while i < n:
             t = arrival[i]
-            if t > env.now:
-                yield env.timeout(t - env.now)
-            self.admit(Req(i, t, isl[i], osl[i]))
+            if t > now:
+                self.env.call_later(t - now, self._arrive, i)
+                return
+            self.admit(Req(i, t, self._isl[i], self._osl[i]))
+            i += 1
 
     def _start_users(self) -> None:
         self.sampler = LengthSampler(
@@ -324,21 +349,14 @@ class Simulation:
         for user in range(self.closed.users):
             self._user_send(user)
 
-    def _user_next(self, ev) -> None:
+    def _user_next(self, user: int) -> None:
         if not self.arrivals_done:
-            self._user_send(ev._value)
+            self._user_send(user)
 
     def _user_send(self, user: int) -> None:
         isl, osl = self.sampler.sample(self.user_rng, self.env.now)
-        i = self.log.n
-        self.log.ensure(i + 1)
-        self.log.n = i + 1
-        c = self.log.cols
         now = self.env.now
-        c["arrival_s"][i] = now
-        c["isl"][i] = isl
-        c["osl"][i] = osl
-        req = Req(i, now, isl, osl)
+        req = Req(self.log.add(now, isl, osl), now, isl, osl)
         req.user = user
         self.admit(req)
 
@@ -350,22 +368,12 @@ class Simulation:
     def _every(self, period_s: float, fn, priority: int) -> None:
         """Call fn(now) at k * period_s for k = 1, 2, ... (no accumulated rounding)."""
         env = self.env
-        state = {"k": 1}
 
-        def fire(ev) -> None:
+        def fire(k: int) -> None:
             fn(env.now)
-            state["k"] += 1
-            nxt = simpy.Event(env)
-            nxt._ok = True
-            nxt._value = None
-            nxt.callbacks.append(fire)
-            env.schedule(nxt, priority, state["k"] * period_s - env.now)
+            env.call_later((k + 1) * period_s - env.now, fire, k + 1, priority)
 
-        first = simpy.Event(env)
-        first._ok = True
-        first._value = None
-        first.callbacks.append(fire)
-        env.schedule(first, priority, period_s)
+        env.call_later(period_s, fire, 1, priority)
 
     def _scrape(self, now: float) -> None:
         queued = len(self.pending["prefill"]) + len(self.pending["decode"])
@@ -414,8 +422,7 @@ class Simulation:
         for fault in self.scenario.cluster.faults:
             self.fault_mode[fault.role] = fault.on_failure
             if fault.at_s is not None:
-                ev = self.env.timeout(fault.at_s, fault.role)
-                ev.callbacks.append(lambda ev: self.connector.kill_one(ev._value))
+                self.env.call_later(fault.at_s, self.connector.kill_one, fault.role)
             if fault.rate_per_hour:
                 self.env.process(self._fault_rate(fault.role, fault.rate_per_hour / 3600.0))
 
@@ -434,7 +441,7 @@ class Simulation:
         self.connector.start_initial()
         self._faults()
         if self.requests is not None:
-            env.process(self._arrivals())
+            self._start_arrivals()
         elif self.closed is not None:
             self._start_users()
         end_arr = env.timeout(self.duration_s)

@@ -24,6 +24,9 @@ _KV_GRID = 201  # KV usage 0..1 in steps of 0.005
 _CTX_GRID = 97  # mean context, log-spaced
 _CTX_MIN = 16.0
 _CTX_MAX = 262144.0
+_KV_LAST = _KV_GRID - 1
+_CTX_LAST = _CTX_GRID - 1
+_log = math.log
 _PREFILL_TABLE_MAX = 65536
 
 
@@ -79,7 +82,11 @@ class EngineTiming:
         kk, cc = np.meshgrid(kv, ctx, indexing="ij")
         itl_ms = np.asarray(profile.decode_itl_ms_at(kk.ravel(), cc.ravel()), dtype=np.float64)
         itl_s = np.maximum(itl_ms.reshape(kk.shape), 1e-6) / 1000.0
-        self._itl: list[list[float]] = itl_s.tolist()
+        self._itl_flat: list[float] = itl_s.ravel().tolist()  # row i, column j at i * _CTX_GRID + j
+        # decode_step_s interpolates between KV rows i and i + 1: their largest value bounds
+        # it (the margin covers the interpolation's rounding, a few ulp).
+        rows = itl_s.max(axis=1)
+        self._kv_bound_s: list[float] = (np.maximum(rows[:-1], rows[1:]) * (1 + 1e-9)).tolist()
 
     def prefill_step_s(self, batch_tokens: int) -> float:
         """A prefill step over one prompt of batch_tokens tokens: the profile's TTFT."""
@@ -108,28 +115,41 @@ class EngineTiming:
         """One decode step (one token for each of batch_size requests); bilinear on the grid."""
         if batch_size <= 0:
             return 0.0
-        x = kv_tokens_in_use / self.max_kv_tokens * (_KV_GRID - 1)
+        x = kv_tokens_in_use / self.max_kv_tokens * _KV_LAST
         if x < 0.0:
             x = 0.0
-        elif x > _KV_GRID - 1:
-            x = _KV_GRID - 1.0
+        elif x > _KV_LAST:
+            x = float(_KV_LAST)
         c = mean_context if mean_context > _CTX_MIN else _CTX_MIN
-        y = (math.log(c) - self._log_ctx_min) / self._log_ctx_step
-        if y > _CTX_GRID - 1:
-            y = _CTX_GRID - 1.0
+        y = (_log(c) - self._log_ctx_min) / self._log_ctx_step
+        if y > _CTX_LAST:
+            y = float(_CTX_LAST)
         i = int(x)
         j = int(y)
-        if i >= _KV_GRID - 1:
-            i = _KV_GRID - 2
-        if j >= _CTX_GRID - 1:
-            j = _CTX_GRID - 2
+        if i >= _KV_LAST:
+            i = _KV_LAST - 1
+        if j >= _CTX_LAST:
+            j = _CTX_LAST - 1
         fx = x - i
         fy = y - j
-        row0 = self._itl[i]
-        row1 = self._itl[i + 1]
-        a = row0[j] + (row0[j + 1] - row0[j]) * fy
-        b = row1[j] + (row1[j + 1] - row1[j]) * fy
+        itl = self._itl_flat
+        k = i * _CTX_GRID + j
+        a0 = itl[k]
+        a = a0 + (itl[k + 1] - a0) * fy
+        k += _CTX_GRID
+        b0 = itl[k]
+        b = b0 + (itl[k + 1] - b0) * fy
         return a + (b - a) * fx
+
+    def decode_step_bound_s(self, kv_tokens_in_use: float) -> float:
+        """An upper bound of decode_step_s at this KV usage, whatever the batch and context
+        (cheaper than the step time itself: the simulator's skip-ahead checks against it)."""
+        i = int(kv_tokens_in_use / self.max_kv_tokens * _KV_LAST)
+        if i < 0:
+            i = 0
+        elif i >= _KV_LAST:
+            i = _KV_LAST - 1
+        return self._kv_bound_s[i]
 
     def kv_transfer_s(self, isl: int) -> float:
         """Moving isl tokens of KV from a prefill to a decode worker."""

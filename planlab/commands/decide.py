@@ -7,9 +7,6 @@ import json
 import math
 
 from planner.errors import ConfigError
-from planner.observation import Observation
-from planner.policies import make_policy
-from planner.types import DecisionRecord, PlannerConfig, ReplicaState, RoleState
 
 EXAMPLES = """examples:
   # Dynamo's own e2e expectation on the shared H200 profile: 20 req/s -> 2 prefill + 1 decode
@@ -122,6 +119,9 @@ def _positive(name: str, value: float | None) -> None:
 def run(args: argparse.Namespace) -> int:
     from planlab.profiles import load_profile
     from planner.analytic import analytic_profile
+    from planner.observation import Observation
+    from planner.policies import make_policy
+    from planner.types import DecisionRecord, PlannerConfig, ReplicaState, RoleState
 
     for name in (
         "isl",

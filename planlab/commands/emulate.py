@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import signal
 import sys
 
-from live.emulator import start_emulated_cluster
-from planlab.profiles import resolve_model
 from planner.errors import ConfigError
-from scenario import AnalyticSpec, ModelSpec, load_scenario
 
 EXAMPLES = """examples:
   # the embedded analytic profile, 1 prefill + 1 decode worker, Prometheus on 9090
@@ -97,6 +93,11 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from planlab.profiles import resolve_model
+    from scenario import AnalyticSpec, ModelSpec, load_scenario
+
     _check(args)
     tokenizer = None
     if args.tokenizer:
@@ -120,6 +121,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace, source, profile, tokenizer) -> None:
+    import asyncio
+
+    from live.emulator import start_emulated_cluster  # aiohttp: only when it serves
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -20,7 +20,6 @@ The config file (YAML; deploy/configmap.yaml holds an example):
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -340,6 +339,8 @@ def build_daemon(cfg: dict[str, Any], args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> int:
+    import asyncio
+
     from live.driver import tick_line
 
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -176,6 +176,7 @@ def test_ctrl_c_while_a_stack_starts_still_stops_it(monkeypatch):
     """A sync start_stack runs in a thread; cancelling the run (what Ctrl-C does) while it
     starts waits for the start to finish and then stops the stack: nothing is left."""
     import time
+    import types
 
     import planlab.live_run as live_run
 
@@ -191,11 +192,12 @@ def test_ctrl_c_while_a_stack_starts_still_stops_it(monkeypatch):
         def __exit__(self, *exc):
             events.append("stopped")
 
-    monkeypatch.setattr(live_run, "load_stack", lambda name: lambda scenario, workdir: SlowStack())
+    fake = types.SimpleNamespace(start_stack=lambda scenario, workdir: SlowStack())
+    monkeypatch.setattr(live_run, "load_stack", lambda name: fake)
     args = argparse.Namespace(stack="fake", model=None, advisory=False)
 
     async def go():
-        task = asyncio.create_task(live_run._stack_main(args, None, None, None, None))
+        task = asyncio.create_task(live_run._stack_main(args, None, None, None))
         await asyncio.sleep(0.1)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

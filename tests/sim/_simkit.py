@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import simpy
 
 from planner.profile import PerfProfile
 from scenario import (
@@ -23,6 +22,7 @@ from scenario import (
     SLASpec,
     WorkloadSpec,
 )
+from sim.clock import Clock
 from sim.timing import EngineTiming
 
 
@@ -108,7 +108,7 @@ class StubSim:
     def __init__(self, profile: PerfProfile, **timing_kw):
         from sim.prometheus import FrontendMetrics
 
-        self.env = simpy.Environment()
+        self.env = Clock()
         self.timing = EngineTiming(profile, **timing_kw)
         self.metrics = FrontendMetrics()
         self.preemptions = 0
