@@ -20,6 +20,15 @@ How a field is decided, in order (the "missing vs zero" rule):
    appeared inside the window, or the window is shorter than two scrapes): None.
 5. An empty histogram (or gauge) result counts as zero only when requests == 0 in the
    same window; with requests > 0 its absence is a real gap: None.
+6. requests_started_total (Dynamo 1.6's admitted requests) is read when the server
+   exports it; otherwise `requests_started` is None and a policy falls back to requests.
+
+Labels: Dynamo's own planner filters the frontend series on `dynamo_namespace`, a label
+Dynamo's operator-managed scrape adds (its PodMonitor relabelling) and a plain Prometheus
+scrape of the frontend does not. With `dynamo_namespace` set, the source filters on it too;
+unset (the default), it matches series with or without the label.
+vLLM: `vllm:num_requests_running` is only the running batch; in flight for the planner is
+running + waiting, so with vLLM's names `inflight` is the sum of both gauges.
 """
 
 from __future__ import annotations
@@ -56,6 +65,7 @@ VLLM_NAMES: dict[str, str] = {
     m.INFLIGHT: "vllm:num_requests_running + vllm:num_requests_waiting",
     m.QUEUED: "vllm:num_requests_waiting",
     m.OUTPUT_TOKENS_TOTAL: "vllm:generation_tokens_total",
+    m.ACTIVE: "vllm:num_requests_running",
 }
 VLLM_MODEL_LABEL = "model_name"
 
@@ -119,12 +129,16 @@ class PrometheusSource:
         staleness_s: float = 30.0,
         job: str | None = None,
         transport: httpx.BaseTransport | None = None,
+        dynamo_namespace: str | None = None,
     ):
         self.url = url.rstrip("/")
         self.model = model
+        self.dynamo_namespace = dynamo_namespace
         self.model_label = model_label
         self.names = {name: name for name in (*m.COUNTERS, *m.HISTOGRAMS, *m.GAUGES)}
         self.names.update(metric_names or {})
+        # vLLM exports no admitted-requests counter; and its running gauge excludes waiting.
+        self.has_started = self.names[m.REQUESTS_STARTED_TOTAL] == m.REQUESTS_STARTED_TOTAL
         self.staleness_s = staleness_s
         self.job = job
         self.retries = retries
@@ -203,13 +217,20 @@ class PrometheusSource:
         parts = []
         if self.model is not None:
             parts.append(f'{self.model_label}="{_prom_escape(self.model)}"')
+        if self.dynamo_namespace is not None:
+            parts.append(f'dynamo_namespace="{_prom_escape(self.dynamo_namespace)}"')
         if extra:
             parts.append(extra)
         return "{" + ",".join(parts) + "}" if parts else ""
 
     def _liveness(self, t_s: float) -> str | None:
         """None when the target is alive at t_s; otherwise why not, in words."""
-        series = [n for k in (*m.COUNTERS, *m.GAUGES) for n in self.names[k].split(" + ")]
+        series = [
+            n
+            for k in (*m.COUNTERS, *m.GAUGES)
+            if k != m.REQUESTS_STARTED_TOTAL or self.has_started
+            for n in self.names[k].split(" + ")
+        ]
         series += [f"{self.names[k]}_count" for k in m.HISTOGRAMS]
         if self.job is not None:
             up = self.query(f'max(up{{job="{_prom_escape(self.job)}"}})', t_s).scalar()
@@ -260,6 +281,13 @@ class PrometheusSource:
             "(series new, or the window is shorter than two scrapes)"
         )
         return None
+
+    def _started(self, w: str, t_s: float) -> float | None:
+        """Increase of requests_started_total; None where it is not exported (or NaN)."""
+        if not self.has_started:
+            return None
+        value = self._increase(self.names[m.REQUESTS_STARTED_TOTAL], w, t_s).scalar()
+        return None if value is None or math.isnan(value) else value
 
     def _histogram(
         self, key: str, w: str, t_s: float, requests: float | None, errors: list[str]
@@ -356,6 +384,7 @@ class PrometheusSource:
             }
             inflight = self._gauge(m.INFLIGHT, t_s, requests, errors)
             queued = self._gauge(m.QUEUED, t_s, requests, errors)
+            started = self._started(w, t_s)
         except (PrometheusError, OSError) as exc:
             # Prometheus went away mid-window: report nothing rather than half a window.
             log.warning("prometheus: %s", exc)
@@ -370,4 +399,5 @@ class PrometheusSource:
             inflight=inflight,
             queued=queued,
             errors=tuple(errors),
+            requests_started=started,
         )

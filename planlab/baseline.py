@@ -3,9 +3,9 @@ GPU-hours of a deterministic simulated run, recorded on purpose (`planlab baseli
 and checked on every CI run (`planlab baseline check`, tests/test_regression.py).
 
 It also holds the suite's headline claim as a check: on every scenario `slaplan` beats
-`static`, `dynamo` and `threshold` (joint attainment at least as high with GPU-hours no more than 5%
-above, or attainment at least 2 points higher, or both meeting the target and slaplan
-cheaper).
+`static`, `dynamo`, `dynamo-legacy` and `threshold` (joint attainment at least as high with
+GPU-hours no more than 5% above, or attainment at least 2 points higher, or both meeting the
+target and slaplan cheaper).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from scenario import Scenario, load_scenario
 
 SUITE_DIR = Path(__file__).resolve().parents[1] / "scenarios" / "suite"
 BASELINE_FILE = SUITE_DIR / "baseline.json"
-POLICIES = ("static", "threshold", "dynamo", "slaplan", "oracle")
+POLICIES = ("static", "threshold", "dynamo-legacy", "dynamo", "slaplan", "oracle")
 
 # Tolerances of the regression check.
 MAX_ATTAINMENT_DROP = 0.005  # half a point of joint attainment
@@ -164,7 +164,9 @@ def beats(ours: dict[str, float], theirs: dict[str, float], target: float = 0.99
 
 
 def claim_failures(
-    table: dict, ours: str = "slaplan", rivals: Sequence[str] = ("dynamo", "threshold", "static")
+    table: dict,
+    ours: str = "slaplan",
+    rivals: Sequence[str] = ("dynamo", "dynamo-legacy", "threshold", "static"),
 ) -> list[str]:
     found = []
     for scen, by_policy in sorted(table.items()):

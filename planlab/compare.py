@@ -73,6 +73,7 @@ ORACLE_SLA = "oracle-sla"
 POLICY_COLORS = {
     "static": "tab:gray",
     "dynamo": "tab:blue",
+    "dynamo-legacy": "tab:cyan",
     "threshold": "tab:orange",
     "slaplan": "tab:green",
     "oracle": "tab:purple",

@@ -165,6 +165,9 @@ class WindowStats:
     inflight: float | None = None
     queued: float | None = None
     errors: tuple[str, ...] = ()
+    # Increase of requests_started_total (requests admitted, Dynamo 1.6's demand signal);
+    # None where the frontend does not export it (then `requests`, finished ones, stands in).
+    requests_started: float | None = None
 
 
 @dataclass(frozen=True)
@@ -192,6 +195,8 @@ class Observation:
     request_duration_mean_s: float | None
     inflight: float | None = None
     queued: float | None = None
+    # Requests admitted in the interval (requests_started_total); None where not exported.
+    num_req_started: float | None = None
     isl_cv: float | None = None
     # ISL at the middle of each QUANTILE_SLICES slice (from the histogram), for policies
     # that need the shape of the distribution and not only its mean.
@@ -258,6 +263,9 @@ def build_observation(stats: WindowStats) -> Observation:
         request_duration_mean_s=mean(stats.duration_s),
         inflight=_finite(stats.inflight),
         queued=_finite(stats.queued),
+        num_req_started=None
+        if _finite(stats.requests_started) is None
+        else max(0.0, stats.requests_started),
         isl_cv=None if stats.isl_tokens is None else _finite(stats.isl_tokens.cv()),
         isl_quantiles=_slice_quantiles(stats.isl_tokens),
         ttft_cdf_ms=(

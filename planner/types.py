@@ -70,6 +70,11 @@ class PlannerConfig:
     # Link between prefill and decode (KV cache transfer), when the policy should count it.
     kv_bandwidth_gbps: float | None = None
     kv_latency_ms: float = 0.0
+    # Engine limits a policy may size with (vLLM's max_num_batched_tokens and max_num_seqs
+    # of each role); None: the policy's own default (Dynamo 1.6: 8192 and 256).
+    prefill_max_batch_tokens: int | None = None
+    prefill_max_num_seqs: int | None = None
+    decode_max_num_seqs: int | None = None
     # Policy-specific settings (threshold, slaplan, static counts), as (key, value) pairs.
     options: tuple[tuple[str, Any], ...] = ()
 

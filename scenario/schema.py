@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from planner.errors import ConfigError
+from planner.metrics import BUCKET_SETS
 from scenario.types import (
     AnalyticSpec,
     ArrivalSpec,
@@ -374,12 +375,22 @@ class _Parser:
             "startup",
             "startup_jitter",
             "max_batch_tokens",
+            "max_num_batched_tokens",  # vLLM's and Dynamo's name for max_batch_tokens
             "max_num_seqs",
             "stuck_probability",
             "startup_timeout",
         )
         m = self.mapping({} if value is None else value, key, keys)
         d = RoleSpec()
+        batch_key = "max_batch_tokens"
+        if "max_num_batched_tokens" in m:
+            if "max_batch_tokens" in m:
+                raise self.fail(
+                    f"{key}.max_num_batched_tokens",
+                    m["max_num_batched_tokens"],
+                    "one of max_batch_tokens or its alias max_num_batched_tokens, not both",
+                )
+            batch_key = "max_num_batched_tokens"
         startup = self.duration(m.get("startup", d.startup_s), f"{key}.startup")
         jitter = self.duration(m.get("startup_jitter", d.startup_jitter_s), f"{key}.startup_jitter")
         if jitter > startup:
@@ -409,9 +420,7 @@ class _Parser:
             ),
             startup_s=startup,
             startup_jitter_s=jitter,
-            max_batch_tokens=self.optional_int(
-                m.get("max_batch_tokens"), f"{key}.max_batch_tokens", minimum=1
-            ),
+            max_batch_tokens=self.optional_int(m.get(batch_key), f"{key}.{batch_key}", minimum=1),
             max_num_seqs=self.optional_int(m.get("max_num_seqs"), f"{key}.max_num_seqs", minimum=1),
             stuck_probability=stuck,
             startup_timeout_s=timeout,
@@ -609,7 +618,12 @@ class _Parser:
             "prometheus",
         )
         m = self.mapping(data, "", keys, ("duration", "model", "workload"))
-        prom = self.mapping(m.get("prometheus") or {}, "prometheus", ("scrape_interval",))
+        prom = self.mapping(m.get("prometheus") or {}, "prometheus", ("scrape_interval", "buckets"))
+        buckets = prom.get("buckets", PrometheusSpec.buckets)
+        if buckets not in BUCKET_SETS:
+            raise self.fail(
+                "prometheus.buckets", buckets, f"one of {', '.join(sorted(BUCKET_SETS))}"
+            )
         default_name = Path(self.source).stem or "scenario"
         scenario = Scenario(
             name=self.string(m.get("name", default_name), "name"),
@@ -623,7 +637,8 @@ class _Parser:
             prometheus=PrometheusSpec(
                 scrape_interval_s=self.duration(
                     prom.get("scrape_interval", 5.0), "prometheus.scrape_interval", positive=True
-                )
+                ),
+                buckets=buckets,
             ),
             source=Path(self.source),
         )
@@ -988,5 +1003,8 @@ def scenario_to_dict(scenario: Scenario) -> dict[str, Any]:
             "target_attainment": s.sla.target_attainment,
         },
         "planner": planner,
-        "prometheus": {"scrape_interval": s.prometheus.scrape_interval_s},
+        "prometheus": {
+            "scrape_interval": s.prometheus.scrape_interval_s,
+            "buckets": s.prometheus.buckets,
+        },
     }

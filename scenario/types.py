@@ -259,6 +259,9 @@ class PlannerSpec:
 @dataclass(frozen=True)
 class PrometheusSpec:
     scrape_interval_s: float = 5.0
+    # Histogram bucket layout of the frontend metrics (planner.metrics.BUCKET_SETS): dynamo
+    # (Dynamo 1.6's coarse defaults), vllm (vLLM's), fine (planlab's 40-48 log buckets).
+    buckets: str = "dynamo"
 
 
 @dataclass(frozen=True)
@@ -294,5 +297,8 @@ class Scenario:
             startup_decode_s=self.cluster.decode.startup_s,
             kv_bandwidth_gbps=self.cluster.kv_transfer.bandwidth_gbps,
             kv_latency_ms=self.cluster.kv_transfer.latency_ms,
+            prefill_max_batch_tokens=self.cluster.prefill.max_batch_tokens,
+            prefill_max_num_seqs=self.cluster.prefill.max_num_seqs,
+            decode_max_num_seqs=self.cluster.decode.max_num_seqs,
             options=tuple(sorted(p.options.items())),
         )

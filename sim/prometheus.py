@@ -69,11 +69,13 @@ class _Histogram:
 
 
 class FrontendMetrics:
-    """The frontend's counters, gauges and histograms (names and buckets of planner.metrics)."""
+    """The frontend's counters, gauges and histograms (names of planner.metrics; buckets of
+    one of its BUCKET_SETS, Dynamo 1.6's by default)."""
 
-    def __init__(self) -> None:
+    def __init__(self, buckets: dict[str, tuple[float, ...]] | None = None) -> None:
+        self.buckets = M.BUCKETS if buckets is None else buckets
         self.histograms: dict[str, _Histogram] = {
-            name: _Histogram(M.BUCKETS[name]) for name in M.HISTOGRAMS
+            name: _Histogram(self.buckets[name]) for name in M.HISTOGRAMS
         }
         self._ttft = self.histograms[M.TTFT]
         self._itl = self.histograms[M.ITL]
@@ -81,8 +83,9 @@ class FrontendMetrics:
         self._isl = self.histograms[M.ISL]
         self._osl = self.histograms[M.OSL]
         self.requests: dict[str, int] = dict.fromkeys(STATUSES, 0)
+        self.requests_started = 0  # admitted (Dynamo 1.6's requests_started_total)
         self.output_tokens = 0
-        self.inflight = 0
+        self.inflight = 0  # exported as inflight_requests and as active_requests
         self.queued = 0
         self.restarts = 0
 
@@ -138,13 +141,14 @@ class FrontendMetrics:
         for h in self.histograms.values():
             h.reset()
         self.requests = dict.fromkeys(STATUSES, 0)
+        self.requests_started = 0
         self.output_tokens = 0
         self.inflight = 0
         self.queued = 0
         self.restarts += 1
 
 
-def _layout() -> tuple[dict[str, slice], dict[str, int], int]:
+def _layout(bounds: dict[str, tuple[float, ...]]) -> tuple[dict[str, slice], dict[str, int], int]:
     """Column layout of a scrape row: name -> slice for histograms' cumulative buckets
     (including +Inf); name -> column for every scalar series."""
     col = 0
@@ -153,10 +157,12 @@ def _layout() -> tuple[dict[str, slice], dict[str, int], int]:
     for status in STATUSES:
         scalar[f"{M.REQUESTS_TOTAL}{{status={status}}}"] = col
         col += 1
+    scalar[M.REQUESTS_STARTED_TOTAL] = col
+    col += 1
     scalar[M.OUTPUT_TOKENS_TOTAL] = col
     col += 1
     for name in M.HISTOGRAMS:
-        n = len(M.BUCKETS[name]) + 1
+        n = len(bounds[name]) + 1
         buckets[name] = slice(col, col + n)
         col += n
         scalar[f"{name}_sum"] = col
@@ -172,8 +178,9 @@ class ScrapeStore:
     """Every series of a FrontendMetrics sampled at each scrape, in one growing float64 matrix
     (one row per scrape) with the scrape times in integer milliseconds, as Prometheus keeps them."""
 
-    def __init__(self, capacity: int = 1024):
-        self.bucket_cols, self.cols, self.width = _layout()
+    def __init__(self, capacity: int = 1024, buckets: dict[str, tuple[float, ...]] | None = None):
+        self.buckets = M.BUCKETS if buckets is None else buckets
+        self.bucket_cols, self.cols, self.width = _layout(self.buckets)
         self._status_cols = [(s, self.cols[f"{M.REQUESTS_TOTAL}{{status={s}}}"]) for s in STATUSES]
         self._hist_cols = {
             name: (sl, self.cols[f"{name}_sum"], self.cols[f"{name}_count"])
@@ -213,6 +220,7 @@ class ScrapeStore:
         cols = self.cols
         for status, col in self._status_cols:
             row[col] = metrics.requests[status]
+        row[cols[M.REQUESTS_STARTED_TOTAL]] = metrics.requests_started
         row[cols[M.OUTPUT_TOKENS_TOTAL]] = metrics.output_tokens
         hist_cols = self._hist_cols
         for name, h in metrics.histograms.items():
@@ -221,6 +229,7 @@ class ScrapeStore:
             row[sum_col] = h.sum
             row[count_col] = h.count
         row[cols[M.INFLIGHT]] = metrics.inflight
+        row[cols[M.ACTIVE]] = metrics.inflight
         row[cols[M.QUEUED]] = metrics.queued
         self._t_ms[self.n] = t_ms
         self.n += 1
@@ -342,7 +351,7 @@ class SimMetricsSource:
 
         def hist(name: str) -> HistogramDelta:
             return HistogramDelta(
-                upper_bounds=M.BUCKETS[name],
+                upper_bounds=store.buckets[name],
                 cumulative=tuple(float(x) for x in inc[store.bucket_cols[name]]),
                 sum=float(inc[cols[f"{name}_sum"]]),
                 count=float(inc[cols[f"{name}_count"]]),
@@ -359,4 +368,5 @@ class SimMetricsSource:
             osl_tokens=hist(M.OSL),
             inflight=inflight,
             queued=queued,
+            requests_started=float(inc[cols[M.REQUESTS_STARTED_TOTAL]]),
         )

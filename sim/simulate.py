@@ -21,6 +21,7 @@ from simpy.core import NORMAL, URGENT
 
 from planner.errors import ConfigError
 from planner.loop import PlannerLoop
+from planner.metrics import BUCKET_SETS
 from planner.policies import Policy, make_policy
 from planner.types import DecisionRecord, PlannerConfig
 from scenario import Scenario
@@ -176,10 +177,11 @@ class Simulation:
         )
         self.max_skip_steps = options.max_skip_steps
         self.max_skip_s = options.max_skip_s
-        self.metrics = FrontendMetrics()
+        buckets = BUCKET_SETS[scenario.prometheus.buckets]
+        self.metrics = FrontendMetrics(buckets)
         # Every scrape the run can make, so the matrix is never copied to grow.
         scrapes = (self.duration_s + options.drain_limit_s) / scenario.prometheus.scrape_interval_s
-        self.store = ScrapeStore(capacity=int(scrapes) + 2)
+        self.store = ScrapeStore(capacity=int(scrapes) + 2, buckets=buckets)
         self.source = SimMetricsSource(self.store)
         if cluster.router not in ROUTERS:
             raise ConfigError(
@@ -382,6 +384,7 @@ class Simulation:
                 queued += len(w.queue) if w.role == "prefill" else len(w.waiting)
         m = self.metrics
         m.inflight = self.arrived - self.completed - self.failed
+        m.requests_started = self.arrived
         m.queued = queued
         self.store.scrape(now, m)
         scrape_s = self.scenario.prometheus.scrape_interval_s

@@ -1,6 +1,7 @@
 """CI regression on simulated traces: the suite under every policy against the recorded
 baseline (scenarios/suite/baseline.json; `planlab baseline update` rewrites it on
-purpose), and the suite's claim that slaplan beats static, dynamo and threshold everywhere."""
+purpose), and the suite's claim that slaplan beats static, dynamo, dynamo-legacy and
+threshold everywhere."""
 
 from __future__ import annotations
 

@@ -26,6 +26,22 @@ from planner.types import ReplicaState, RoleState
 log = logging.getLogger(__name__)
 
 
+class RequestTooLong(Exception):
+    """A request whose prompt plus output can never fit one decode worker's KV cache."""
+
+    def __init__(self, isl: int, osl: int, max_kv_tokens: int):
+        super().__init__(
+            f"this request needs {isl + osl} tokens of KV cache ({isl} prompt + {osl} "
+            f"max_tokens) but a decode worker holds at most {max_kv_tokens}: it could never "
+            "be scheduled; shorten the prompt or lower max_tokens"
+        )
+        self.isl, self.osl, self.max_kv_tokens = isl, osl, max_kv_tokens
+
+
+class ClusterStopped(Exception):
+    """The cluster is shutting down; no new request is taken."""
+
+
 class RoundRobin:
     def __init__(self) -> None:
         self._n = 0
@@ -52,8 +68,10 @@ class EmulatedCluster:
     A request is routed to a prefill and a decode worker when it arrives (waiting,
     "queued", while a role has no ready worker); after its prefill the KV cache moves to
     decode in `timing.kv_transfer_s(isl)`, and decode makes every output token, one per
-    step (TTFT = wait + prefill + transfer + admission + first decode step, as in sim/). Startup delays are wall seconds (not divided by `speedup`, which scales only
-    the engine step times).
+    step (TTFT = wait + prefill + transfer + admission + first decode step, as in sim/).
+    Startup delays are wall seconds (not divided by `speedup`, which scales only the
+    engine step times). A request that could never fit a decode worker's KV cache is
+    refused at submit (RequestTooLong), as the simulator's frontend fails it.
     """
 
     def __init__(
@@ -66,6 +84,7 @@ class EmulatedCluster:
         decode_startup_s: float = 0.0,
         router: str = "round_robin",
         max_batch_tokens: int = 16384,
+        prefill_max_num_seqs: int | None = None,
         max_kv_tokens: int | None = None,
         max_num_seqs: int = 1024,
         speedup: float = 1.0,
@@ -82,6 +101,7 @@ class EmulatedCluster:
         self.startup_s = {"prefill": float(prefill_startup_s), "decode": float(decode_startup_s)}
         self.initial = {"prefill": int(prefill_replicas), "decode": int(decode_replicas)}
         self.max_batch_tokens = max_batch_tokens
+        self.prefill_max_num_seqs = prefill_max_num_seqs
         # None: the profile's KV capacity (EngineTiming.max_kv_tokens), else unbounded.
         self.max_kv_tokens = max_kv_tokens or getattr(timing, "max_kv_tokens", None) or 10**9
         self.max_num_seqs = max_num_seqs
@@ -96,6 +116,7 @@ class EmulatedCluster:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.waiting_for_workers = 0
         self.inflight = 0
+        self.closed = False
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -111,6 +132,8 @@ class EmulatedCluster:
         log.info("emulated cluster started: %d prefill, %d decode", *self.initial.values())
 
     async def stop(self) -> None:
+        """Fail every request still held (their clients get an error at once) and stop."""
+        self.closed = True
         for task in self._timers:
             task.cancel()
         for workers in self.workers.values():
@@ -127,6 +150,7 @@ class EmulatedCluster:
                 self.timing,
                 self._prefill_done,
                 max_batch_tokens=self.max_batch_tokens,
+                max_num_seqs=self.prefill_max_num_seqs,
                 speedup=self.speedup,
             )
         else:
@@ -212,8 +236,17 @@ class EmulatedCluster:
         return n
 
     async def submit(self, isl: int, osl: int) -> Job:
-        """Route a new request; returns its Job once a prefill and a decode worker took it."""
-        job = Job(next(self._ids), max(1, int(isl)), max(1, int(osl)))
+        """Route a new request; returns its Job once a prefill and a decode worker took it.
+
+        RequestTooLong at once for a request that could never be scheduled (it would
+        otherwise hold a decode worker forever); ClusterStopped once the cluster stops.
+        """
+        isl, osl = max(1, int(isl)), max(1, int(osl))
+        if isl + osl > self.max_kv_tokens:
+            raise RequestTooLong(isl, osl, self.max_kv_tokens)
+        if self.closed:
+            raise ClusterStopped("the emulated cluster is shutting down")
+        job = Job(next(self._ids), isl, osl)
         self.inflight += 1
         prefill = self.ready_workers("prefill")
         decode = self.ready_workers("decode")
@@ -223,6 +256,8 @@ class EmulatedCluster:
                 async with self._changed:
                     while not (prefill and decode):
                         await self._changed.wait()
+                        if self.closed:
+                            raise ClusterStopped("the emulated cluster is shutting down")
                         prefill = self.ready_workers("prefill")
                         decode = self.ready_workers("decode")
             except BaseException:
@@ -245,25 +280,18 @@ class EmulatedCluster:
             if job.decode_worker is not None:
                 job.decode_worker._wake.set()
 
-    def _prefill_done(self, job: Job) -> None:
-        decode = job.decode_worker
-        if job.cancelled:
-            decode.assigned -= 1
-            decode._wake.set()
-            return
-        # As in the simulator, every output token (the first included) comes from a
-        # decode step, after the KV cache has moved.
-        delay = self.timing.kv_transfer_s(job.isl) / self.speedup
-        if delay <= 0:
-            self._to_decode(job)
-        else:
-            self.loop.call_later(delay, self._to_decode, job)
-
-    def _to_decode(self, job: Job) -> None:
+    def _prefill_done(self, job: Job, end_s: float) -> None:
+        """The prefill of job ended (nominally) at loop time end_s; its KV cache lands on
+        the decode worker after the transfer, which the worker accounts for itself."""
         decode = job.decode_worker
         decode.assigned -= 1
+        if job.cancelled:
+            decode._wake.set()
+            return
         if decode.state == STOPPED:
             job.error = f"{decode.name} stopped"
             job.tokens.put_nowait(END)
             return
-        decode.submit(job)
+        # As in the simulator, every output token (the first included) comes from a
+        # decode step, after the KV cache has moved.
+        decode.submit(job, end_s + self.timing.kv_transfer_s(job.isl) / self.speedup)

@@ -1,13 +1,17 @@
 """The emulator's OpenAI-compatible HTTP frontend (aiohttp) with Dynamo's frontend metrics.
 
-Prompt length: the `planlab_isl` extension field when given, else the prompt's
-characters / 4 (a rough tokenizer-free estimate; at least 1). Output length:
-`planlab_osl` when given, else `max_tokens` (or `max_completion_tokens`), else 16.
+Prompt length: the `planlab_isl` extension field when given, else the prompt counted by
+a local Hugging Face tokenizer (chat template included, live.emulator.tokens) when the
+frontend has one, else the prompt's characters / 4 (a rough estimate; at least 1).
+Output length: `planlab_osl` when given, else `max_completion_tokens` (or `max_tokens`),
+else 16. Every error is JSON in the OpenAI shape vLLM answers with:
+{"error": {"message", "type", "param", "code"}}.
 """
 
 from __future__ import annotations
 
 import asyncio
+import http
 import json
 import logging
 import time
@@ -17,13 +21,16 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from live.emulator.cluster import EmulatedCluster
+from live.emulator.cluster import ClusterStopped, EmulatedCluster, RequestTooLong
+from live.emulator.tokens import PromptCounter, TemplateError
 from live.emulator.workers import END
 from planner import metrics as m
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS = 16
+DEFAULT_MODEL = "planlab-emulated"
+MAX_BODY_BYTES = 16 * 1024 * 1024  # a 4M-token prompt at 4 characters a token
 TOKEN_TEXT = " tok"
 PREFILL_HEADER = "x-planlab-prefill-worker"
 DECODE_HEADER = "x-planlab-decode-worker"
@@ -58,10 +65,20 @@ class FrontendMetrics:
             ["model", "request_type", "status"],
             registry=r,
         )
+        # Admitted requests, counted as the handler starts (Dynamo 1.6's demand signal).
+        self.started = Counter(
+            _strip(m.REQUESTS_STARTED_TOTAL, "_total"),
+            "Requests started",
+            ["model", "request_type"],
+            registry=r,
+        )
         self.output_tokens = Counter(
             _strip(m.OUTPUT_TOKENS_TOTAL, "_total"), "Output tokens", ["model"], registry=r
         ).labels(model=model)
         self.inflight = Gauge(m.INFLIGHT, "Requests in flight", ["model"], registry=r).labels(
+            model=model
+        )
+        self.active = Gauge(m.ACTIVE, "Requests being handled", ["model"], registry=r).labels(
             model=model
         )
         self.queued = Gauge(m.QUEUED, "Requests waiting to start", ["model"], registry=r).labels(
@@ -69,6 +86,7 @@ class FrontendMetrics:
         )
         if cluster is not None:
             self.inflight.set_function(lambda: cluster.inflight)
+            self.active.set_function(lambda: cluster.inflight)
             self.queued.set_function(cluster.queued)
 
     def count(self, request_type: str, status: str) -> None:
@@ -78,8 +96,25 @@ class FrontendMetrics:
         return generate_latest(self.registry)
 
 
-class BadRequest(Exception):
-    pass
+class ApiError(Exception):
+    """An answer other than 200, with the OpenAI error shape (param: the offending field)."""
+
+    def __init__(self, status: int, message: str, param: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.param = param
+
+
+def error_body(status: int, message: str, param: str | None = None) -> dict:
+    """{"error": ...} as vLLM's OpenAI server writes it: type from the HTTP status
+    (BadRequestError, NotFoundError, ...), code the status number."""
+    phrase = http.HTTPStatus(status).phrase.replace(" ", "").replace("-", "")
+    kind = phrase if phrase.endswith("Error") else phrase + "Error"
+    return {"error": {"message": message, "type": kind, "param": param, "code": status}}
+
+
+def _bad(message: str, param: str | None = None) -> ApiError:
+    return ApiError(400, message, param)
 
 
 def _positive_int(body: dict, key: str) -> int | None:
@@ -87,57 +122,183 @@ def _positive_int(body: dict, key: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise BadRequest(f"{key} must be a positive integer, got {value!r}")
+        raise _bad(f"{key} must be a positive integer, got {value!r}", key)
     return value
 
 
-def _prompt_chars(body: dict, chat: bool) -> int:
+# Parameters the emulator cannot honour, with the values that mean "not asked for":
+# asking for more is refused rather than silently ignored.
+UNSUPPORTED: dict[str, tuple] = {
+    "n": (None, 1),
+    "best_of": (None, 1),
+    "logprobs": (None, False),
+    "top_logprobs": (None, 0),
+    "prompt_logprobs": (None,),
+    "echo": (None, False),
+    "suffix": (None, ""),
+}
+
+
+def check_supported(body: dict) -> None:
+    for key, fine in UNSUPPORTED.items():
+        value = body.get(key)
+        if not any(value is f or (type(value) is type(f) and value == f) for f in fine):
+            raise _bad(
+                f"{key}={json.dumps(value)} is not supported by the planlab emulator "
+                f"(it accepts {' or '.join(json.dumps(f) for f in fine)})",
+                key,
+            )
+    fmt = body.get("response_format")
+    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
+        raise _bad(
+            'response_format other than {"type": "text"} is not supported by the planlab '
+            "emulator (its output is placeholder tokens)",
+            "response_format",
+        )
+    choice = body.get("tool_choice")
+    if choice == "required" or isinstance(choice, dict):
+        raise _bad(
+            "the planlab emulator never calls tools: tool_choice must be auto or none",
+            "tool_choice",
+        )
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise _bad(f"stream must be true or false, got {body['stream']!r}", "stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise _bad("stream_options must be an object", "stream_options")
+
+
+def _text_of(content) -> str:
+    """A message's content as text; content parts joined by newlines (as vLLM does)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            p.get("text", "")
+            for p in content
+            if isinstance(p, dict) and p.get("type", "text") == "text"
+        )
+    return ""
+
+
+def _messages(body: dict) -> list[dict]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _bad("messages must be a non-empty list", "messages")
+    out = []
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict) or not isinstance(msg.get("role"), str):
+            raise _bad(f"messages[{i}] must be an object with a role", "messages")
+        out.append({**msg, "content": _text_of(msg.get("content"))})
+    return out
+
+
+def prompt_tokens(body: dict, chat: bool, counter: PromptCounter | None = None) -> int:
+    """Input tokens of a request body (without planlab_isl): by the tokenizer when given,
+    else characters / 4 (at least 1); a token-id prompt counts its ids."""
     if chat:
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise BadRequest("messages must be a non-empty list")
-        n = 0
-        for msg in messages:
-            content = msg.get("content") if isinstance(msg, dict) else None
-            if isinstance(content, str):
-                n += len(content)
-            elif isinstance(content, list):
-                n += sum(len(p.get("text", "")) for p in content if isinstance(p, dict))
-        return n
+        messages = _messages(body)
+        if counter is not None:
+            try:
+                return max(1, counter.count_chat(messages))
+            except TemplateError as exc:
+                raise _bad(str(exc), "messages") from None
+        return max(1, sum(len(m["content"]) for m in messages) // 4)
     prompt = body.get("prompt")
-    if isinstance(prompt, str):
+    if isinstance(prompt, list) and len(prompt) == 1 and not isinstance(prompt[0], int):
+        prompt = prompt[0]  # a batch of one
+    if (
+        isinstance(prompt, list)
+        and prompt
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
+    ):
         return len(prompt)
     if isinstance(prompt, list):
-        if prompt and all(isinstance(t, int) for t in prompt):
-            return 4 * len(prompt)  # token ids: exactly len(prompt) tokens
-        return sum(len(p) for p in prompt if isinstance(p, str))
-    raise BadRequest("prompt must be a string or a list")
+        raise _bad(
+            "prompt must be a string, a list of token ids or a list of one string (batched "
+            "prompts are not supported by the planlab emulator)",
+            "prompt",
+        )
+    if not isinstance(prompt, str):
+        raise _bad("prompt must be a string or a list", "prompt")
+    if counter is not None:
+        return max(1, counter.count_text(prompt))
+    return max(1, len(prompt) // 4)
 
 
-def parse_lengths(body: dict, chat: bool) -> tuple[int, int]:
-    """(isl, osl) of a request body; BadRequest with a message for a bad field."""
+def parse_lengths(body: dict, chat: bool, counter: PromptCounter | None = None) -> tuple[int, int]:
+    """(isl, osl) of a request body; ApiError(400) naming a bad field."""
     isl = _positive_int(body, "planlab_isl")
     if isl is None:
-        isl = max(1, _prompt_chars(body, chat) // 4)
+        isl = prompt_tokens(body, chat, counter)
+    elif chat:
+        _messages(body)
     osl = _positive_int(body, "planlab_osl")
     if osl is None:
         osl = _positive_int(body, "max_completion_tokens") or _positive_int(body, "max_tokens")
     return isl, osl or DEFAULT_MAX_TOKENS
 
 
-class Frontend:
-    """aiohttp application serving the OpenAI routes over an EmulatedCluster."""
+def usage(isl: int, completion_tokens: int) -> dict:
+    """OpenAI's usage object. No prefix cache is emulated, so no prompt token is ever
+    served from one: cached_tokens is 0."""
+    return {
+        "prompt_tokens": isl,
+        "completion_tokens": completion_tokens,
+        "total_tokens": isl + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
 
-    def __init__(self, cluster: EmulatedCluster, model: str = "planlab-emulated"):
+
+@web.middleware
+async def json_errors(request: web.Request, handler):
+    """Every 4xx/5xx that aiohttp raises itself (unknown route, wrong method, a body
+    over the size limit) in the same JSON shape as the handlers' own errors."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return web.json_response(
+            error_body(exc.status, _http_message(request, exc)), status=exc.status
+        )
+
+
+def _http_message(request: web.Request, exc: web.HTTPException) -> str:
+    if exc.status == 404:
+        return f"no route {request.method} {request.path}"
+    if exc.status == 405:
+        return f"{request.method} is not allowed on {request.path}"
+    text = (exc.text or exc.reason or "").strip()
+    return text.split(": ", 1)[1] if text.startswith(f"{exc.status}: ") else text
+
+
+class Frontend:
+    """aiohttp application serving the OpenAI routes over an EmulatedCluster.
+
+    model: the served model id (requests naming another get 404; a request without one
+    gets this). tokenizer: a PromptCounter to count input tokens with, else characters / 4.
+    """
+
+    def __init__(
+        self,
+        cluster: EmulatedCluster,
+        model: str = DEFAULT_MODEL,
+        *,
+        tokenizer: PromptCounter | None = None,
+        max_body_bytes: int = MAX_BODY_BYTES,
+    ):
         self.cluster = cluster
         self.model = model
+        self.tokenizer = tokenizer
         self.metrics = FrontendMetrics(model, cluster)
-        self.app = web.Application()
+        self.app = web.Application(middlewares=[json_errors], client_max_size=max_body_bytes)
         self.app.add_routes(
             [
                 web.post("/v1/chat/completions", self.chat),
                 web.post("/v1/completions", self.completions),
                 web.get("/v1/models", self.models),
+                web.get("/v1/models/{model_id:.+}", self.model_info),
                 web.get("/health", self.health),
                 web.get("/metrics", self.metrics_page),
             ]
@@ -146,7 +307,13 @@ class Frontend:
         self.port: int | None = None
 
     async def start(self, port: int = 0, host: str = "127.0.0.1") -> str:
-        self._runner = web.AppRunner(self.app, access_log=None)
+        # handler_cancellation: a client that goes away cancels its handler, so the
+        # request's work is cancelled too (aiohttp >= 3.9 leaves handlers running by
+        # default). The cluster fails held requests before the frontend stops, so the
+        # shutdown wait is only a backstop.
+        self._runner = web.AppRunner(
+            self.app, access_log=None, handler_cancellation=True, shutdown_timeout=5.0
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
@@ -159,14 +326,26 @@ class Frontend:
 
     # -- simple routes -----------------------------------------------------------------
 
+    def _model_card(self) -> dict:
+        return {"id": self.model, "object": "model", "created": 0, "owned_by": "planlab"}
+
     async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [self._model_card()]})
+
+    async def model_info(self, request: web.Request) -> web.Response:
+        model_id = request.match_info["model_id"]
+        if model_id != self.model:
+            return self._not_found(model_id)
+        return web.json_response(self._model_card())
+
+    def _not_found(self, model_id: str) -> web.Response:
         return web.json_response(
-            {
-                "object": "list",
-                "data": [
-                    {"id": self.model, "object": "model", "created": 0, "owned_by": "planlab"}
-                ],
-            }
+            error_body(
+                404,
+                f"the model {model_id!r} does not exist; this server serves {self.model!r}",
+                "model",
+            ),
+            status=404,
         )
 
     async def health(self, request: web.Request) -> web.Response:
@@ -192,48 +371,64 @@ class Frontend:
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, chat=False)
 
-    def _error(self, status: int, message: str, request_type: str) -> web.Response:
+    def _error(self, exc: ApiError, request_type: str) -> web.Response:
         self.metrics.count(request_type, "error")
-        return web.json_response(
-            {
-                "error": {
-                    "message": message,
-                    "type": "BadRequestError" if status == 400 else "error",
-                    "code": status,
-                }
-            },
-            status=status,
-        )
+        return web.json_response(error_body(exc.status, str(exc), exc.param), status=exc.status)
 
-    async def _serve(self, request: web.Request, chat: bool) -> web.StreamResponse:
+    async def _body(self, request: web.Request) -> dict:
         try:
             body = await request.json()
-            if not isinstance(body, dict):
-                raise BadRequest("the body must be a JSON object")
-        except (json.JSONDecodeError, UnicodeDecodeError, BadRequest) as exc:
-            return self._error(400, f"invalid JSON body: {exc}", "unary")
-        stream = bool(body.get("stream", False))
-        request_type = "stream" if stream else "unary"
+        except web.HTTPException as exc:  # 413: over client_max_size
+            raise ApiError(exc.status, _http_message(request, exc)) from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise _bad(f"invalid JSON body: {exc}") from None
+        if not isinstance(body, dict):
+            raise _bad("invalid JSON body: the body must be a JSON object")
+        return body
+
+    async def _serve(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        start = time.monotonic()  # the request is here: TTFT and duration count from now
+        request_type = "unary"
         try:
-            isl, osl = parse_lengths(body, chat)
-        except BadRequest as exc:
-            return self._error(400, str(exc), request_type)
-        model = body.get("model") or self.model
-        start = time.perf_counter()
+            body = await self._body(request)
+            request_type = "stream" if body.get("stream") is True else "unary"
+            model = body.get("model") or self.model
+            if model != self.model:
+                self.metrics.count(request_type, "error")
+                return self._not_found(model)
+            check_supported(body)
+            isl, osl = parse_lengths(body, chat, self.tokenizer)
+            job = await self.cluster.submit(isl, osl)
+        except ApiError as exc:
+            return self._error(exc, request_type)
+        except RequestTooLong as exc:
+            return self._error(_bad(str(exc), "max_tokens"), request_type)
+        except ClusterStopped as exc:
+            return self._error(ApiError(503, str(exc)), request_type)
+        except asyncio.CancelledError:
+            log.debug("client went away while its request waited for a worker")
+            self.metrics.count(request_type, "cancelled")
+            raise
+        # Admitted: what Dynamo 1.6's requests_started_total counts (and plans on).
+        self.metrics.started.labels(model=self.metrics.model, request_type=request_type).inc()
         self.metrics.isl.observe(isl)
-        job = await self.cluster.submit(isl, osl)
         status = "error"
         try:
-            if stream:
-                include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-                resp, status = await self._stream(request, job, model, chat, include_usage, start)
+            if request_type == "stream":
+                resp, status = await self._stream(request, job, model, chat, body, start)
             else:
                 resp = await self._unary(job, model, chat, start)
                 status = "success" if resp.status == 200 else "error"
             return resp
-        except (ConnectionResetError, asyncio.CancelledError):
+        except (ConnectionResetError, asyncio.CancelledError) as exc:
+            # The client went away: one line, no traceback; finished() cancels the work.
             status = "cancelled"
-            raise
+            log.debug(
+                "client went away: request %d after %d of %d tokens", job.id, job.generated, job.osl
+            )
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return web.Response(status=499)  # never reaches the client; ends the handler
         finally:
             self.cluster.finished(job)
             self.metrics.count(request_type, status)
@@ -252,11 +447,15 @@ class Frontend:
                 prev = t
         metrics.osl.observe(len(times))
         metrics.output_tokens.inc(len(times))
-        metrics.duration.observe(time.perf_counter() - start)
+        metrics.duration.observe(time.monotonic() - start)
 
     async def _stream(
-        self, request, job, model: str, chat: bool, include_usage: bool, start: float
+        self, request, job, model: str, chat: bool, body: dict, start: float
     ) -> tuple[web.StreamResponse, str]:
+        options = body.get("stream_options") or {}
+        include_usage = bool(options.get("include_usage"))
+        # As vLLM: cumulative usage on every chunk only together with include_usage.
+        continuous = include_usage and bool(options.get("continuous_usage_stats"))
         resp = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -275,45 +474,47 @@ class Frontend:
                 head
                 + '"delta":{"role":"assistant","content":'
                 + json.dumps(TOKEN_TEXT)
-                + '},"logprobs":null,"finish_reason":null}]}\n\n'
-            ).encode()
+                + '},"logprobs":null,"finish_reason":null}]'
+            )
             body_tok = (
                 head
                 + '"delta":{"content":'
                 + json.dumps(TOKEN_TEXT)
-                + '},"logprobs":null,"finish_reason":null}]}\n\n'
-            ).encode()
-            last = head + '"delta":{},"logprobs":null,"finish_reason":"length"}]}\n\n'
+                + '},"logprobs":null,"finish_reason":null}]'
+            )
+            last = head + '"delta":{},"logprobs":null,"finish_reason":"length"}]'
         else:
             first = body_tok = (
                 head
                 + '"text":'
                 + json.dumps(TOKEN_TEXT)
-                + ',"logprobs":null,"finish_reason":null}]}\n\n'
-            ).encode()
-            last = head + '"text":"","logprobs":null,"finish_reason":"length"}]}\n\n'
+                + ',"logprobs":null,"finish_reason":null}]'
+            )
+            last = head + '"text":"","logprobs":null,"finish_reason":"length"}]'
         times: list[float] = []
         tokens = job.tokens
-        while True:
-            t = await tokens.get()
-            if t is END:
-                break
-            times.append(t)
-            await resp.write(first if len(times) == 1 else body_tok)
+        if continuous:
+            while (t := await tokens.get()) is not END:
+                times.append(t)
+                chunk = first if len(times) == 1 else body_tok
+                u = json.dumps(usage(job.isl, len(times)))
+                await resp.write(f'{chunk},"usage":{u}}}\n\n'.encode())
+        else:
+            first_b = (first + "}\n\n").encode()
+            body_b = (body_tok + "}\n\n").encode()
+            while (t := await tokens.get()) is not END:
+                times.append(t)
+                await resp.write(first_b if len(times) == 1 else body_b)
         self._observe(start, times)
         if job.error is not None:
-            err = {"error": {"message": job.error, "type": "InternalServerError", "code": 500}}
+            err = error_body(500, job.error)
             await resp.write(f"event: error\ndata: {json.dumps(err)}\n\n".encode())
             await resp.write_eof()
             return resp, "error"
-        tail = last
+        tail = last + (f',"usage":{json.dumps(usage(job.isl, len(times)))}' if continuous else "")
+        tail += "}\n\n"
         if include_usage:
-            usage = {
-                "prompt_tokens": job.isl,
-                "completion_tokens": len(times),
-                "total_tokens": job.isl + len(times),
-            }
-            tail += f'data: {{"id":"{rid}","object":"{obj}","created":{created},"model":{json.dumps(model)},"choices":[],"usage":{json.dumps(usage)}}}\n\n'
+            tail += f'data: {{"id":"{rid}","object":"{obj}","created":{created},"model":{json.dumps(model)},"choices":[],"usage":{json.dumps(usage(job.isl, len(times)))}}}\n\n'
         await resp.write((tail + "data: [DONE]\n\n").encode())
         await resp.write_eof()
         return resp, "success"
@@ -324,16 +525,8 @@ class Frontend:
             times.append(t)
         self._observe(start, times)
         if job.error is not None:
-            return web.json_response(
-                {"error": {"message": job.error, "type": "InternalServerError", "code": 500}},
-                status=500,
-            )
+            return web.json_response(error_body(500, job.error), status=500)
         text = TOKEN_TEXT * len(times)
-        usage = {
-            "prompt_tokens": job.isl,
-            "completion_tokens": len(times),
-            "total_tokens": job.isl + len(times),
-        }
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         choice: dict = {"index": 0, "finish_reason": "length", "logprobs": None}
         if chat:
@@ -346,6 +539,6 @@ class Frontend:
             "created": int(time.time()),
             "model": model,
             "choices": [choice],
-            "usage": usage,
+            "usage": usage(job.isl, len(times)),
         }
         return web.json_response(payload, headers=self._headers(job))

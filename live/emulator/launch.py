@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 from live.emulator.cluster import EmulatedCluster
 from live.emulator.connector import LocalConnector
-from live.emulator.frontend import Frontend
+from live.emulator.frontend import DEFAULT_MODEL, Frontend
 from live.emulator.prometheus_server import PrometheusServer
+from live.emulator.tokens import PromptCounter
 from planner.errors import ConfigError
 from scenario import Scenario
 
@@ -77,6 +78,8 @@ async def start_emulated_cluster(
     speedup: float = 1.0,
     model: str | None = None,
     router: str | None = None,
+    tokenizer=None,
+    max_kv_tokens: int | None = None,
 ) -> AsyncIterator[EmulatorHandle]:
     """Run an emulated cluster on the current loop for the body of an `async with`.
 
@@ -84,7 +87,11 @@ async def start_emulated_cluster(
     KV transfer and router; its model section the profile, unless `profile` is given),
     a PerfProfile, or a timing object (e.g. workers.FixedTiming). Keyword arguments
     override the scenario. prometheus=True also starts a real Prometheus scraping the
-    frontend every scrape_interval_s (default: the scenario's, else 1 s).
+    frontend every scrape_interval_s (default: the scenario's, else 1 s). model: the
+    served model id (default: the analytic model's name, else "planlab-emulated");
+    tokenizer: a Hugging Face tokenizer directory (or a tokens.PromptCounter) to count
+    input tokens with; max_kv_tokens: a decode worker's KV capacity (default: the
+    profile's).
     """
     scenario = source if isinstance(source, Scenario) else None
     timing = _timing_for(source, profile, scenario)
@@ -100,6 +107,8 @@ async def start_emulated_cluster(
         }
         if c.prefill.max_batch_tokens:
             options["max_batch_tokens"] = c.prefill.max_batch_tokens
+        if c.prefill.max_num_seqs:
+            options["prefill_max_num_seqs"] = c.prefill.max_num_seqs
         if c.decode.max_num_seqs:
             options["max_num_seqs"] = c.decode.max_num_seqs
         if scrape_interval_s is None:
@@ -114,11 +123,15 @@ async def start_emulated_cluster(
         options[f"{role}_startup_s"] = seconds
     if router is not None:
         options["router"] = router
-    model = model or "planlab-emulated"
+    if max_kv_tokens is not None:
+        options["max_kv_tokens"] = max_kv_tokens
+    model = model or DEFAULT_MODEL
+    if tokenizer is not None and not isinstance(tokenizer, PromptCounter):
+        tokenizer = PromptCounter(tokenizer)
 
     cluster = EmulatedCluster(timing, speedup=speedup, **options)
     await cluster.start()
-    frontend = Frontend(cluster, model=model)
+    frontend = Frontend(cluster, model=model, tokenizer=tokenizer)
     prom: PrometheusServer | None = None
     try:
         url = await frontend.start(port)
@@ -142,8 +155,10 @@ async def start_emulated_cluster(
     finally:
         if prom is not None:
             await asyncio.to_thread(prom.stop)
-        await frontend.stop()
+        # The cluster first: it ends every request still held, so the frontend's
+        # handlers return and its shutdown does not wait on them.
         await cluster.stop()
+        await frontend.stop()
 
 
 class EmulatorThread:

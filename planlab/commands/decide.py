@@ -14,9 +14,12 @@ EXAMPLES = """examples:
       --num-req 1200 --isl 3000 --osl 150 --interval 60 --ttft 200 --itl 10
   # the embedded analytic profile (llama-3.1-8b, h200, fp8, tp1), JSON decision record
   planlab decide --num-req 600 --isl 3000 --osl 150 --interval 60 --json
-  # with correction from observed latencies and a GPU budget
-  planlab decide --num-req 1200 --isl 3000 --osl 150 --interval 60 --observed-ttft 350 \\
-      --observed-itl 12 --request-duration 3 --decode-replicas 2 --budget 4
+  # Dynamo 1.6 engine limits, 2 GPUs per engine, 16 GPUs
+  planlab decide --num-req 5000 --isl 3000 --osl 150 --interval 60 --max-num-seqs 512 \\
+      --max-num-batched-tokens 16384 --gpus-per-prefill 2 --gpus-per-decode 2 --budget 16
+  # the planner of Dynamo's original guide, corrected by observed latencies
+  planlab decide --policy dynamo-legacy --num-req 1200 --isl 3000 --osl 150 --interval 60 \\
+      --observed-ttft 350 --observed-itl 12 --request-duration 3 --decode-replicas 2 --budget 4
 """
 
 
@@ -25,8 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "decide",
         help="what a policy would do for one observed interval",
         description="Print the decision a policy takes for one observed interval, each formula "
-        "with its numbers. Defaults are Dynamo's: interval 180 s, TTFT 500 ms, ITL 50 ms, "
-        "min 1 replica, 1 GPU per engine, no budget.",
+        "with its numbers. Defaults are Dynamo 1.6's: interval 180 s, TTFT 500 ms, ITL 50 ms, "
+        "min 1 endpoint, 1 GPU per engine, max_gpu_budget 8 (for the dynamo policies; no "
+        "budget for the others), max_num_batched_tokens 8192, max_num_seqs 256, at most 8 "
+        "replicas changed per role per tick.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -57,9 +62,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--itl", type=finite, default=50.0, help="ITL target, ms (50)")
     p.add_argument("--policy", default="dynamo", help="policy name (dynamo)")
     p.add_argument(
-        "--budget", "--max-gpu-budget", type=int, default=None, help="max GPU budget (none)"
+        "--budget",
+        "--max-gpu-budget",
+        type=int,
+        default=None,
+        help="max GPU budget (8 for dynamo*, Dynamo's default; else none)",
     )
     p.add_argument("--min-replicas", "--min-endpoint", type=int, default=1)
+    p.add_argument(
+        "--prefill-min-endpoint", type=int, help="dynamo: prefill minimum (min-replicas)"
+    )
+    p.add_argument("--decode-min-endpoint", type=int, help="dynamo: decode minimum (min-replicas)")
+    p.add_argument(
+        "--max-num-batched-tokens", type=int, help="prefill engine token budget per step (8192)"
+    )
+    p.add_argument("--max-num-seqs", type=int, help="engine sequence limit, both roles (256)")
+    p.add_argument(
+        "--max-scaling-replicas",
+        "--max-throughput-scaling-replicas",
+        type=int,
+        help="dynamo: most replicas added or removed per role per tick (8)",
+    )
+    p.add_argument(
+        "--requests-started",
+        type=finite,
+        help="requests admitted in the interval (requests_started_total); default: --num-req",
+    )
     p.add_argument("--gpus-per-prefill", "--prefill-engine-num-gpu", type=int, default=1)
     p.add_argument("--gpus-per-decode", "--decode-engine-num-gpu", type=int, default=1)
     p.add_argument(
@@ -76,6 +104,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--request-duration", type=finite, help="observed mean request duration, s")
     p.add_argument("--prefill-replicas", type=int, default=1, help="current ready prefill replicas")
     p.add_argument("--decode-replicas", type=int, default=1, help="current ready decode replicas")
+    p.add_argument("--prefill-starting", type=int, default=0, help="prefill replicas starting")
+    p.add_argument("--decode-starting", type=int, default=0, help="decode replicas starting")
     p.add_argument("--json", action="store_true", help="print the DecisionRecord as JSON")
     p.set_defaults(func=run)
 
@@ -154,17 +184,54 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(
             "give both --observed-ttft and --observed-itl, or neither", key="--observed-ttft"
         )
+    for name in (
+        "max-num-batched-tokens",
+        "max-num-seqs",
+        "max-scaling-replicas",
+    ):
+        _positive(name, getattr(args, name.replace("-", "_")))
+    for name in (
+        "prefill-replicas",
+        "decode-replicas",
+        "prefill-starting",
+        "decode-starting",
+        "prefill-min-endpoint",
+        "decode-min-endpoint",
+    ):
+        value = getattr(args, name.replace("-", "_"))
+        if value is not None and value < 0:
+            raise ConfigError(f"got {value}, expected a count >= 0", key=f"--{name}")
+    if args.requests_started is not None and args.requests_started < 0:
+        raise ConfigError(
+            f"got {args.requests_started:g}, expected a count >= 0", key="--requests-started"
+        )
+    budget = args.budget
+    if budget is None and args.policy.startswith("dynamo"):
+        budget = 8  # dynamo/planner/config/defaults.py: max_gpu_budget = 8
+    options = {
+        key: value
+        for key, value in (
+            ("prefill_min_endpoint", args.prefill_min_endpoint),
+            ("decode_min_endpoint", args.decode_min_endpoint),
+            ("max_throughput_scaling_replicas", args.max_scaling_replicas),
+        )
+        if value is not None
+    }
     cfg = PlannerConfig(
         policy=args.policy,
         interval_s=args.interval,
         ttft_ms=args.ttft,
         itl_ms=args.itl,
         predictor="constant",
-        max_gpu_budget=args.budget,
+        max_gpu_budget=budget,
         min_replicas=args.min_replicas,
         gpus_per_prefill=args.gpus_per_prefill,
         gpus_per_decode=args.gpus_per_decode,
         correction=correction,
+        prefill_max_batch_tokens=args.max_num_batched_tokens,
+        prefill_max_num_seqs=args.max_num_seqs,
+        decode_max_num_seqs=args.max_num_seqs,
+        options=tuple(sorted(options.items())),
     )
     policy = make_policy(cfg, profile)
     duration = args.request_duration
@@ -188,10 +255,19 @@ def run(args: argparse.Namespace) -> int:
         itl_p90_ms=None,
         itl_p99_ms=None,
         request_duration_mean_s=duration,
+        num_req_started=args.requests_started,
     )
     state = ReplicaState(
-        prefill=RoleState(desired=args.prefill_replicas, ready=args.prefill_replicas),
-        decode=RoleState(desired=args.decode_replicas, ready=args.decode_replicas),
+        prefill=RoleState(
+            desired=args.prefill_replicas + args.prefill_starting,
+            ready=args.prefill_replicas,
+            starting=args.prefill_starting,
+        ),
+        decode=RoleState(
+            desired=args.decode_replicas + args.decode_starting,
+            ready=args.decode_replicas,
+            starting=args.decode_starting,
+        ),
     )
     decision = policy.decide(obs, state, obs.t_s)
     record = DecisionRecord(
@@ -209,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"profile: {profile.name} ({profile.source})")
     print(
         f"policy:  {cfg.policy}   interval {cfg.interval_s:g} s   SLA TTFT {cfg.ttft_ms:g} ms, "
-        f"ITL {cfg.itl_ms:g} ms"
+        f"ITL {cfg.itl_ms:g} ms   GPU budget {budget if budget is not None else 'none'}"
     )
     for line in decision.arithmetic:
         print(f"  {line}")

@@ -13,6 +13,8 @@ EXAMPLES = """examples:
   planlab emulate --analytic llama-3.1-8b --gpu h200
   # a scenario's profile, cluster (replicas, startup delays) and scrape interval
   planlab emulate --scenario scenarios/quickstart.yaml --port 8000
+  # serve the model id a client expects, counting prompts with its local tokenizer
+  planlab emulate --model my-org/llama-8b --tokenizer ~/tokenizers/llama-8b --no-prometheus
   # then, from another terminal
   curl -N localhost:8000/v1/completions -d '{"prompt": "hi", "max_tokens": 5, "stream": true}'
 """
@@ -53,6 +55,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--speedup", type=float, default=1.0, help="divide engine step times by this (1)"
     )
+    p.add_argument(
+        "--model",
+        metavar="ID",
+        default=None,
+        help="model id served (requests naming another get 404); default: the analytic "
+        "model's name, else planlab-emulated",
+    )
+    p.add_argument(
+        "--tokenizer",
+        metavar="DIR",
+        default=None,
+        help="a local Hugging Face tokenizer directory (tokenizer.json, tokenizer_config.json): "
+        "count input tokens with it, chat template included (default: characters / 4); "
+        "needs the tokenizer extra",
+    )
     p.set_defaults(func=run)
 
 
@@ -82,6 +99,11 @@ def run(args: argparse.Namespace) -> int:
     from scenario import AnalyticSpec, ModelSpec, load_scenario
 
     _check(args)
+    tokenizer = None
+    if args.tokenizer:
+        from live.emulator.tokens import PromptCounter
+
+        tokenizer = PromptCounter(args.tokenizer)  # ConfigError (exit 2) for a bad directory
     if args.scenario:
         scenario = load_scenario(args.scenario)
         source, profile = scenario, resolve_model(scenario.model)
@@ -89,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         spec = AnalyticSpec(args.analytic or "llama-3.1-8b", args.gpu, args.dtype, args.tp)
         source = profile = resolve_model(ModelSpec(analytic=spec))
     try:
-        asyncio.run(_serve(args, source, profile))
+        asyncio.run(_serve(args, source, profile, tokenizer))
     except OSError as exc:  # a port already in use, mostly
         raise ConfigError(f"cannot listen: {exc}", key="--port") from None
     except RuntimeError as exc:  # Prometheus failed to start
@@ -98,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve(args: argparse.Namespace, source, profile) -> None:
+async def _serve(args: argparse.Namespace, source, profile, tokenizer) -> None:
     import asyncio
 
     from live.emulator import start_emulated_cluster  # aiohttp: only when it serves
@@ -110,7 +132,8 @@ async def _serve(args: argparse.Namespace, source, profile) -> None:
     scrape = args.scrape_interval
     if scrape is None and source is profile:
         scrape = 5.0
-    kwargs = {"model": args.analytic} if args.analytic else {}
+    model = args.model or args.analytic
+    kwargs = {"model": model} if model else {}
     async with start_emulated_cluster(
         source,
         profile=profile,
@@ -121,10 +144,12 @@ async def _serve(args: argparse.Namespace, source, profile) -> None:
         prefill=args.prefill,
         decode=args.decode,
         speedup=args.speedup,
+        tokenizer=tokenizer,
         **kwargs,
     ) as h:
         state = h.connector.state()
-        print(f"frontend    {h.frontend_url}/v1   (model {h.model!r})")
+        counting = f"tokenizer {args.tokenizer}" if tokenizer else "characters / 4"
+        print(f"frontend    {h.frontend_url}/v1   (model {h.model!r}; prompts: {counting})")
         print(f"metrics     {h.metrics_url}")
         print(f"prometheus  {h.prometheus_url or '(not started)'}")
         print(

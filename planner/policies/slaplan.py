@@ -170,6 +170,18 @@ def _wait_tail(lam: float, mean_s: float, cv2: float, shape: float) -> tuple[flo
     return (rho, g) if g > 0 else None
 
 
+def _cdf_point(
+    cdf: tuple[tuple[float, float], ...] | None, q: float, lo: float, hi: float
+) -> tuple[float, float] | None:
+    """(bound, share above it) of the histogram bound whose share at or below lies in
+    (lo, hi) and is nearest q; None when no bound does."""
+    best = None
+    for bound, share in cdf or ():
+        if lo < share < hi and bound > 0 and (best is None or abs(share - q) < abs(best[1] - q)):
+            best = (bound, share)
+    return None if best is None else (best[0], 1.0 - best[1])
+
+
 def _solve_increasing(f, target: float, lo: float, hi: float) -> float:
     """x in [lo, hi] with f(x) = target for f increasing, by bisection in log space;
     the bound when the target lies outside f's range there."""
@@ -494,7 +506,7 @@ class SlaPlanPolicy:
                     0.5 * a + 0.5 * b for a, b in zip(self.isl_tail, obs.isl_quantiles, strict=True)
                 )
                 self.isl_level = 0.5 * self.isl_level + 0.5 * obs.isl_mean
-        self._account(obs, lines)
+        self._account(obs, max(1, state.prefill.ready), lines)
         if self.cfg.correction:
             self._correct(obs, state, lines)
         self.last_inflight = obs.inflight
@@ -646,10 +658,38 @@ class SlaPlanPolicy:
         )
         return best / self.cfg.interval_s
 
-    def _account(self, obs: Observation, lines: list[str]) -> None:
+    def _observed_miss(self, obs: Observation, replicas: int) -> float | None:
+        """The window's share of TTFTs above the target, from the histogram: exact at its
+        bounds; inside the bucket holding the target, split the way the model's own TTFT
+        distribution falls across that bucket (linear only where the model is flat there).
+        Production buckets are coarse (Dynamo's: .22, .47 s around a 400 ms target), and a
+        straight line through a bucket of a falling tail overstates the misses several
+        times over, which the error budget would pay for in GPUs."""
+        cdf, x = obs.ttft_cdf_ms, self.cfg.ttft_ms
+        if cdf is None:
+            return None
+        lo_b, lo_s = 0.0, 0.0
+        for hi_b, hi_s in cdf:
+            if x <= hi_b:
+                break
+            lo_b, lo_s = hi_b, hi_s
+        else:
+            return 1.0 - lo_s
+        if x == hi_b or hi_s <= lo_s or not obs.isl_mean:
+            return cdf_fraction_above(cdf, x)
+        rate = obs.num_req / obs.interval_s
+        s_lo, s_x, s_hi = (
+            self.prefill_miss(replicas, rate, obs.isl_mean, t) for t in (lo_b, x, hi_b)
+        )
+        if s_lo - s_hi <= 1e-9:
+            return cdf_fraction_above(cdf, x)
+        frac = min(1.0, max(0.0, (s_lo - s_x) / (s_lo - s_hi)))
+        return 1.0 - (lo_s + (hi_s - lo_s) * frac)
+
+    def _account(self, obs: Observation, replicas: int, lines: list[str]) -> None:
         """The error budget: this window's TTFT misses (from the TTFT histogram) against
         what the plan allowed, both decayed over budget_window_s."""
-        over = cdf_fraction_above(obs.ttft_cdf_ms, self.cfg.ttft_ms)
+        over = self._observed_miss(obs, replicas) if obs.num_req else None
         if over is None or not obs.num_req:
             return
         decay = math.exp(-obs.interval_s / self.opt["budget_window_s"])
@@ -724,24 +764,38 @@ class SlaPlanPolicy:
         toward it by an EMA in log space, bounded per tick and overall."""
         a = self.opt["correction_alpha"]
         isl = obs.isl_mean
+        # The fit matches the model's miss share at a histogram bound, which the histogram
+        # counts exactly, not at an interpolated quantile. Production buckets are coarse
+        # (Dynamo's are 2.2x wide: .1, .22, .47 s) and a quantile interpolated linearly inside
+        # one is off by up to half a bucket. The median: the bound nearest it (the
+        # interpolated p50 when none lies in 0.2-0.8). The burstiness: only a bound near p90
+        # (share 0.85-0.97) is evidence; without one it stays (a body point or a tail
+        # quantile drawn through a wide bucket read as burstiness cost 40% more GPUs).
+        mid_ms, mid_miss = _cdf_point(obs.ttft_cdf_ms, 0.5, 0.2, 0.8) or (obs.ttft_p50_ms, 0.5)
+        tail = _cdf_point(obs.ttft_cdf_ms, 0.9, 0.85, 0.97)
+        if tail is None and obs.ttft_cdf_ms is None:
+            tail = (obs.ttft_p90_ms, 0.1)
         fit_p = _solve_increasing(
             lambda v: self._with(p_corr=v, tail_stretch=1.0).prefill_miss(
-                replicas, rate, isl, obs.ttft_p50_ms
+                replicas, rate, isl, mid_ms
             ),
-            0.5,
+            mid_miss,
             self.opt["correction_min"],
             self.opt["correction_max"],
         )
         new_p = _ema_log(self.p_corr, fit_p, a, max_step=1.2)
-        fit_c = _solve_increasing(
-            lambda v: self._with(p_corr=new_p, arrival_cv2=v, tail_stretch=1.0).prefill_miss(
-                replicas, rate, isl, obs.ttft_p90_ms
-            ),
-            0.1,
-            0.25,
-            self.opt["max_arrival_cv2"],
-        )
-        new_c = _ema_log(self.arrival_cv2, fit_c, a, max_step=2.0)
+        new_c = self.arrival_cv2
+        if tail is not None:
+            tail_ms, tail_miss = tail
+            fit_c = _solve_increasing(
+                lambda v: self._with(p_corr=new_p, arrival_cv2=v, tail_stretch=1.0).prefill_miss(
+                    replicas, rate, isl, tail_ms
+                ),
+                tail_miss,
+                0.25,
+                self.opt["max_arrival_cv2"],
+            )
+            new_c = _ema_log(self.arrival_cv2, fit_c, a, max_step=2.0)
         lines.append(
             f"TTFT p50/p90 observed {obs.ttft_p50_ms:.0f}/{obs.ttft_p90_ms:.0f} ms on {replicas} "
             f"replicas: prefill speed x{self.p_corr:.2f} -> x{new_p:.2f}, arrival burstiness "

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from live.emulator import EmulatorThread, start_emulated_cluster
 from live.emulator.cluster import EmulatedCluster
 from live.emulator.prometheus_server import PrometheusServer, find_prometheus, render_config
-from live.emulator.workers import FixedTiming
+from live.emulator.workers import MAX_LEAD_S, MIN_STEP_FRACTION, FixedTiming
 from planner import metrics as m
 from planner.errors import ConfigError
 
@@ -184,11 +184,15 @@ def test_engine_timing_profile_drives_the_emulator():
     fams = asyncio.run(main())
     ttft = sample(fams, m.TTFT, m.TTFT + "_sum")
     itl = sample(fams, m.ITL, m.ITL + "_sum") / (osl - 1)
-    floor_ttft = (
-        timing.prefill_step_s(isl) + timing.kv_transfer_s(isl) + timing.decode_step_s(1, isl, isl)
-    )
-    assert ttft >= floor_ttft * 0.99
-    assert itl >= timing.decode_step_s(1, isl + 1, isl + 1) * 0.99
+    duration = sample(fams, m.REQUEST_DURATION, m.REQUEST_DURATION + "_sum")
+    step = timing.decode_step_s(1, isl + 1, isl + 1)
+    floor_ttft = timing.prefill_step_s(isl) + timing.kv_transfer_s(isl) + step
+    # Steps follow deadlines (timers set early by at most MAX_LEAD_S for the loop's usual
+    # lateness), so the whole schedule is a floor; a late wake is paid back from the next
+    # step, which is never cut below MIN_STEP_FRACTION of its length.
+    assert ttft >= floor_ttft - 2 * MAX_LEAD_S
+    assert duration >= floor_ttft + (osl - 1) * step - 2 * MAX_LEAD_S
+    assert itl >= MIN_STEP_FRACTION * step * 0.99
 
 
 def test_connector_scale_up_after_startup_delay():
@@ -334,8 +338,12 @@ def test_real_prometheus_scrapes_the_emulator():
         get(prom_url + "/-/ready")
 
 
-def test_emulate_command_rejects_bad_input(capsys):
+def test_emulate_command_rejects_bad_input(capsys, tmp_path):
     from planlab.cli import main
+
+    assert main(["emulate", "--tokenizer", str(tmp_path), "--no-prometheus"]) == 2
+    err = capsys.readouterr().err
+    assert "--tokenizer" in err and "tokenizer.json" in err and "Traceback" not in err
 
     assert main(["emulate", "--port", "70000", "--no-prometheus"]) == 2
     assert "--port" in capsys.readouterr().err

@@ -148,6 +148,13 @@ class Exporter:
         }
         self.inflight = Gauge(m.INFLIGHT, "inflight", ["model"], registry=reg)
         self.queued = Gauge(m.QUEUED, "queued", ["model"], registry=reg)
+        # labelled as Dynamo's operator-managed scrape labels it
+        self.started = Counter(
+            m.REQUESTS_STARTED_TOTAL.removesuffix("_total"),
+            "started",
+            ["model", "dynamo_namespace"],
+            registry=reg,
+        )
         self.vllm_requests = Counter(
             VLLM_NAMES[m.REQUESTS_TOTAL].removesuffix("_total"),
             "finished",
@@ -182,6 +189,7 @@ def _create_series(exp: Exporter, model: str) -> None:
         h.labels(model)
     exp.inflight.labels(model).set(0)
     exp.queued.labels(model).set(0)
+    exp.started.labels(model, "ns1")
 
 
 def _feed(exp: Exporter, model: str) -> None:
@@ -196,6 +204,7 @@ def _feed(exp: Exporter, model: str) -> None:
         exp.hists[m.OSL].labels(model).observe(200)
     exp.inflight.labels(model).set(7)
     exp.queued.labels(model).set(3)
+    exp.started.labels(model, "ns1").inc(120)  # 20 admitted and not finished yet
 
 
 @pytest.fixture(scope="module")
@@ -302,6 +311,7 @@ def test_vllm_names(cluster):
     assert obs.itl_mean_ms == pytest.approx(20)
     assert obs.isl_mean == pytest.approx(800) and obs.osl_mean == pytest.approx(50)
     assert stats.inflight == 5 and stats.queued == 2
+    assert stats.requests_started is None  # vLLM exports no admitted-requests counter
     # The Dynamo names on the vLLM model label find nothing of model "v": zero, not vLLM's.
     dyn = PrometheusSource(prom.url, model="v").window(time.time(), 12.0)
     assert dyn.requests == 0.0
@@ -379,3 +389,19 @@ def test_bearer_token_file_and_retries_on_5xx(tmp_path):
     )
     stats = src4.window(1000.0, 10.0)
     assert stats.requests is None and "parse error" in stats.errors[0]
+
+
+def test_requests_started_with_and_without_the_dynamo_namespace_label(cluster):
+    _, prom = cluster
+    t = time.time()
+    plain = PrometheusSource(prom.url, model="llama").window(t, 120.0)
+    scoped = PrometheusSource(prom.url, model="llama", dynamo_namespace="ns1").window(t, 120.0)
+    # requests_total has no dynamo_namespace label (a plain scrape): the scoped source
+    # still counts admitted requests from the labelled counter.
+    assert plain.requests_started == pytest.approx(scoped.requests_started)
+    # a window longer than the series' life: increase() is the whole 120, stretched by the
+    # extrapolation to the window's end (at most 1.1 scrape intervals over a series of ~30)
+    assert 120.0 <= plain.requests_started <= 120.0 * 1.1
+    assert build_observation(plain).num_req_started == plain.requests_started
+    other = PrometheusSource(prom.url, model="llama", dynamo_namespace="ns2").window(t, 120.0)
+    assert other.requests_started is None

@@ -202,7 +202,7 @@ def test_dynamo_flag_names_give_the_same_decision(capsys):
 
 
 def test_no_correction_turns_the_correction_off(capsys):
-    common = ["decide", "--policy", "dynamo", "--num-req", "1200", "--isl", "3000", "--osl",
+    common = ["decide", "--policy", "dynamo-legacy", "--num-req", "1200", "--isl", "3000", "--osl",
               "150", "--interval", "60", "--ttft", "200", "--itl", "10", "--observed-ttft",
               "900", "--observed-itl", "30", "--json"]  # fmt: skip
     assert main(common) == 0

@@ -178,7 +178,9 @@ def test_unspent_error_budget_buys_fewer_replicas_and_an_overspend_never_fewer()
     assert saver.budget_allowance(25.0, 1000.0) == pytest.approx(2 * saver.eps_ttft, rel=0.05)
     assert sizes["met"][0] == 6 and sizes["met"][-1] == 5
     # Windows that overspent it do not push the plan above what the target alone needs.
-    assert spender.budget_misses == pytest.approx(0.7 * spender.budget_requests)
+    # Inside the 100-400 ms bucket the misses split as the model's TTFT tail falls: more
+    # than the 10% past 400 ms, less than the 70% a straight line through the bucket says.
+    assert 0.1 < spender.budget_misses / spender.budget_requests < 0.7
     assert spender.budget_allowance(25.0, 1000.0) == spender.eps_ttft
     assert sizes["missed"] == [6] * 10
     obs = _with_ttft(make_obs(1500.0, isl=1000.0, osl=200.0, t_s=660.0), met)

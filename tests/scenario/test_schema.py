@@ -502,7 +502,7 @@ def test_unknown_names(tmp_path, dotted, value, key):
 
 def test_policy_names_listed(tmp_path):
     msg = error_for(tmp_path, with_change("planner.policy", "magic"))
-    assert "dynamo, oracle, oracle-sla, slaplan, static, threshold" in msg
+    assert "dynamo, dynamo-legacy, oracle, oracle-sla, slaplan, static, threshold" in msg
 
 
 def test_unknown_trace_format(tmp_path):

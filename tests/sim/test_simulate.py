@@ -216,8 +216,12 @@ def test_the_ttft_share_the_planner_reads_is_what_the_requests_saw() -> None:
     # 200 ms target. Each window's share above it, read from the scraped TTFT histogram
     # (Observation.ttft_cdf_ms, what slaplan's error budget counts), against the share of
     # the requests whose first token came in that window; the difference is the
-    # interpolation inside one 30%-wide bucket and the scrape's edges.
+    # interpolation inside one 30%-wide bucket (the fine layout; Dynamo's default buckets
+    # are 2.2x wide) and the scrape's edges.
+    import dataclasses
+
     from planner.observation import cdf_fraction_above
+    from scenario.types import PrometheusSpec
 
     sc = scenario(
         duration_s=600.0,
@@ -228,6 +232,7 @@ def test_the_ttft_share_the_planner_reads_is_what_the_requests_saw() -> None:
         decode=RoleSpec(replicas=2, startup_s=30.0),
         seed=3,
     )
+    sc = dataclasses.replace(sc, prometheus=PrometheusSpec(buckets="fine"))
     res = simulate(sc, synthetic_profile(prefill_ms=(50.0, 0.1)))
     r = res.requests
     ttft = r["first_token_s"] - r["arrival_s"]

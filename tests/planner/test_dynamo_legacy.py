@@ -1,4 +1,4 @@
-"""The `dynamo` policy against hand-computed numbers on a synthetic profile, and Dynamo's
+"""The `dynamo-legacy` policy (Dynamo's original SLA deployment guide) against hand-computed numbers on a synthetic profile, and Dynamo's
 own e2e expectation on the shared H200 profile."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def state(p=1, d=1):
 
 
 def cfg(**kw):
-    return make_cfg("dynamo", **kw)
+    return make_cfg("dynamo-legacy", **kw)
 
 
 def test_sizing_without_correction(flat_profile) -> None:
