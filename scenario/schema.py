@@ -309,7 +309,8 @@ class _Parser:
         le_raw = m["le"]
         if not isinstance(le_raw, list) or not le_raw:
             raise self.fail(f"{key}.le", le_raw, "a list of bucket upper bounds (tokens)")
-        le = tuple(self.number(b, f"{key}.le[{i}]", positive=True) for i, b in enumerate(le_raw))
+        # Bounds are >= 0: Dynamo's exported length buckets start at 0 (planner/metrics.py).
+        le = tuple(self.number(b, f"{key}.le[{i}]", nonneg=True) for i, b in enumerate(le_raw))
         if any(b <= a for a, b in zip(le, le[1:], strict=False)):
             raise self.fail(f"{key}.le", le_raw, "strictly increasing bucket bounds")
         steps_raw = m["steps"]
