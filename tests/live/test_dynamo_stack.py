@@ -92,7 +92,7 @@ workload:
   osl: {{dist: fixed, value: 50}}
 sla: {{ttft_ms: 200, itl_ms: 30, target_attainment: 0.99}}
 planner:
-  policy: dynamo
+  policy: dynamo-legacy  # as scenarios/live-step.yaml: it adds a worker at 26 req/s
   interval: {INTERVAL_S:g}s
   predictor: constant
   correction: false
