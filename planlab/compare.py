@@ -150,6 +150,16 @@ def _safe(text: str) -> str:
 # --- one run --------------------------------------------------------------------------------
 
 
+def _policy_label(policy: Any, extra: dict[str, Any]) -> Any:
+    """The policy, marked with where a live run ran (`dynamo @emulator`, `dynamo @dynamo`),
+    so simulated and live runs of one scenario stand side by side, never averaged."""
+    mode = str(extra.get("mode") or "")
+    if not mode.startswith("live"):
+        return policy
+    where = extra.get("stack") or ("emulator" if mode == "live-emulated" else "live")
+    return f"{policy} @{where}"
+
+
 def row_from_summary(summary: dict[str, Any], run_dir: Path | None) -> dict[str, Any]:
     """A compare.csv run row from a summary.json."""
     att = summary.get("attainment") or {}
@@ -157,7 +167,7 @@ def row_from_summary(summary: dict[str, Any], run_dir: Path | None) -> dict[str,
     return {
         "kind": "run",
         "scenario": summary.get("scenario"),
-        "policy": summary.get("policy"),
+        "policy": _policy_label(summary.get("policy"), extra),
         "seed": extra.get("seed"),
         "runs": 1,
         "status": "ok",

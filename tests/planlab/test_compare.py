@@ -119,3 +119,17 @@ def test_crashed_run_is_reported_and_others_written(scenario, tmp_path, monkeypa
     assert runs.loc["dynamo", "status"] == "crashed"
     assert runs.loc["static", "status"] == "ok"
     assert (Path(runs.loc["static", "run_dir"]) / "summary.json").is_file()
+
+
+def test_live_and_simulated_runs_stand_side_by_side():
+    """A live run of the same scenario and policy is its own row, not a second seed."""
+    from planlab.compare import row_from_summary
+
+    base = {"scenario": "s", "policy": "dynamo", "attainment": {}, "extra": {"seed": 1}}
+    assert row_from_summary(base, None)["policy"] == "dynamo"
+    emulated = {**base, "extra": {"seed": 1, "mode": "live-emulated"}}
+    assert row_from_summary(emulated, None)["policy"] == "dynamo @emulator"
+    stack = {**base, "extra": {"seed": 1, "mode": "live", "stack": "dynamo"}}
+    assert row_from_summary(stack, None)["policy"] == "dynamo @dynamo"
+    cluster = {**base, "extra": {"seed": 1, "mode": "live"}}
+    assert row_from_summary(cluster, None)["policy"] == "dynamo @live"
