@@ -1,6 +1,8 @@
-"""Benchmark of one planner tick: `slaplan.decide()` on the observations of a simulated
-steady run (60 req/s on llama-3.1-8b/H200, 4-6 prefill replicas), ARIMA forecasts, the
-TTFT-tail model, corrections and the error budget included."""
+"""Benchmark of one planner tick, `decide()` on the observations of a simulated steady run
+(60 req/s on llama-3.1-8b/H200, 4-6 prefill replicas): slaplan (ARIMA forecasts, the
+TTFT-tail model, corrections and the error budget) and dynamo (Dynamo 1.6: forecasts, the
+prefill and decode batch searches over the fitted per-iteration model, the change cap and
+the budget fit)."""
 
 from __future__ import annotations
 
@@ -18,15 +20,15 @@ from scenario import load_scenario
 STEADY = Path(__file__).resolve().parents[1] / "scenarios" / "suite" / "steady.yaml"
 
 
-@pytest.fixture(scope="module")
-def ticks():
-    sc = load_scenario(STEADY, {"duration": "20m", "planner.policy": "slaplan"})
+@pytest.fixture(scope="module", params=["slaplan", "dynamo"])
+def ticks(request):
+    sc = load_scenario(STEADY, {"duration": "20m", "planner.policy": request.param})
     records = run_scenario(sc, write=False).result.records
     return sc, [(r.observation, r.current, r.t_s) for r in records]
 
 
 @pytest.mark.benchmark(group="policy")
-def test_slaplan_decide(benchmark, ticks):
+def test_policy_decide(benchmark, ticks):
     sc, seen = ticks
     policy = make_policy(sc.planner_config(), resolve_model(sc.model))
     replay = itertools.cycle(seen)

@@ -61,6 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from planlab.cli import build_parser
+    from planlab.commands.run import overrides_from
     from planlab.fidelity import format_table, write_fidelity
     from planlab.live_run import run_live
     from planlab.profiles import load_profile, resolve_model
@@ -80,12 +81,7 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError(
             "--prometheus, --profile and --model go with a URL target", key="--against"
         )
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE", key="--set")
-        overrides[key.strip()] = value
+    overrides = overrides_from(args)  # the same --set rules as `planlab run`
     scenario = load_scenario(args.scenario, overrides or None)
     if args.out:
         out = Path(args.out)

@@ -77,9 +77,9 @@ def overrides_from(args: argparse.Namespace) -> dict[str, str]:
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. planner.interval=30s")
         out[key.strip()] = value
-    if args.policy is not None:
+    if getattr(args, "policy", None) is not None:
         out["planner.policy"] = args.policy
-    if args.seed is not None:
+    if getattr(args, "seed", None) is not None:
         out["seed"] = str(args.seed)
     return out
 
