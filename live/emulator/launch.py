@@ -33,6 +33,25 @@ class EmulatorHandle:
     model: str
 
 
+def scenario_profile(scenario: Scenario, profile=None):
+    """`profile` when given, else the scenario's analytic profile; a scenario whose model is
+    a profile directory must be loaded by the caller (live/ reads no profile files)."""
+    if profile is not None:
+        return profile
+    spec = scenario.model
+    if spec.analytic is None:
+        raise ConfigError(
+            "the scenario's model is a profile directory: load it first and pass "
+            "profile=planlab.profiles.resolve_model(scenario.model)",
+            source=str(scenario.source) if scenario.source else None,
+            key="model.profile",
+        )
+    from planner.analytic import analytic_profile
+
+    a = spec.analytic
+    return analytic_profile(a.model, a.gpu, dtype=a.dtype, tp=a.tp, ep=a.ep)
+
+
 def _timing_for(source, profile, scenario: Scenario | None):
     """An EngineTiming (or any object with the Timing methods) for the source given."""
     if hasattr(source, "decode_step_s") and hasattr(source, "prefill_step_s"):
@@ -45,19 +64,7 @@ def _timing_for(source, profile, scenario: Scenario | None):
             "bandwidth_gbps": scenario.cluster.kv_transfer.bandwidth_gbps,
             "latency_ms": scenario.cluster.kv_transfer.latency_ms,
         }
-        if profile is None:
-            spec = scenario.model
-            if spec.analytic is None:
-                raise ConfigError(
-                    "the scenario's model is a profile directory: load it first and pass "
-                    "profile=planlab.profiles.resolve_model(scenario.model)",
-                    source=str(scenario.source) if scenario.source else None,
-                    key="model.profile",
-                )
-            from planner.analytic import analytic_profile
-
-            a = spec.analytic
-            profile = analytic_profile(a.model, a.gpu, dtype=a.dtype, tp=a.tp, ep=a.ep)
+        profile = scenario_profile(scenario, profile)
     else:
         profile = profile or source
     return EngineTiming(profile, **kv)

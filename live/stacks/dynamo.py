@@ -195,23 +195,6 @@ def write_mocker_npz(profile, path: Path, *, resolution: int = 128) -> Path:
 # -- the stack -------------------------------------------------------------------------
 
 
-def _profile_for(scenario: Scenario, profile):
-    if profile is not None:
-        return profile
-    spec = scenario.model
-    if spec.analytic is None:
-        raise ConfigError(
-            "the scenario's model is a profile directory: load it first and pass "
-            "profile=planlab.profiles.resolve_model(scenario.model)",
-            source=str(scenario.source) if scenario.source else None,
-            key="model.profile",
-        )
-    from planner.analytic import analytic_profile
-
-    a = spec.analytic
-    return analytic_profile(a.model, a.gpu, dtype=a.dtype, tp=a.tp)
-
-
 def _max_workers(scenario: Scenario, role: str, cap: int) -> int:
     p = scenario.planner
     rs = getattr(scenario.cluster, role)
@@ -426,7 +409,9 @@ def start_stack(
     (workdir / "kv").mkdir(exist_ok=True)
     logs = workdir / "logs"
     logs.mkdir(exist_ok=True)
-    profile = _profile_for(scenario, profile)
+    from live.emulator.launch import scenario_profile  # one rule for every live target
+
+    profile = scenario_profile(scenario, profile)
     model = DEFAULT_MODEL
     if scenario.model.analytic is not None:
         model = scenario.model.analytic.model

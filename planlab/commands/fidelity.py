@@ -18,7 +18,6 @@ EXAMPLES = """examples:
 """
 
 FIDELITY_DIR_ENTRIES = frozenset(("fidelity.json", "sim", "live", "profile"))
-STACKS = ("dynamo", "vllm")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -60,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from live.stacks import STACKS
     from planlab.cli import build_parser
     from planlab.commands.run import overrides_from
     from planlab.fidelity import format_table, write_fidelity
